@@ -1,0 +1,53 @@
+// CPU side of the noise stream: the vectorised tile generator and the loop that feeds
+// consecutive tiles of the stream to an element-wise kernel. Shared by every CPU op.
+#pragma once
+#include <ATen/ATen.h>
+#include <algorithm>
+#include <cstdint>
+
+namespace fastscore {
+
+// Counters per tile; a tile holds 4x as many normals (1 KiB, stays in L1).
+constexpr int64_t kTileCounters = 64;
+constexpr int64_t kTileNormals = 4 * kTileCounters;
+
+// out[0 .. kTileNormals) = the stream at global indices 4*counter .. 4*counter + 255.
+// Defined in noise.cpp, compiled for AVX-512, AVX2 and baseline x86-64 (picked at load).
+void normals_tile(uint32_t k0, uint32_t k1, uint64_t counter, float* out);
+
+// The Philox key and the row offset from fastscore's seed tensor: int64 [2] = (seed
+// mod 2**64 as a two's-complement int64, offset in rows).
+struct SeedOffset {
+  uint32_t k0, k1;
+  int64_t offset;
+};
+SeedOffset read_seed(const at::Tensor& seed);
+
+// Calls fn(i, count, z) for consecutive ranges covering flat elements [begin, end),
+// where z[t] is the stream at global index base + i + t. Elements are independent,
+// so the result does not depend on how [0, N) is split between threads.
+template <typename Fn>
+void for_each_noise_tile(const SeedOffset& so, int64_t base, int64_t begin, int64_t end, Fn&& fn) {
+  alignas(64) float buf[kTileNormals];
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t j = base + i;
+    const int64_t counter = j >> 2;
+    normals_tile(so.k0, so.k1, static_cast<uint64_t>(counter), buf);
+    const int64_t first = j - 4 * counter;
+    const int64_t count = std::min<int64_t>(end - i, kTileNormals - first);
+    fn(i, count, buf + first);
+    i += count;
+  }
+}
+
+// (rows, elements per row) of a tensor; a 0-d tensor is one row of one element.
+inline std::pair<int64_t, int64_t> row_geometry(const at::Tensor& t) {
+  const int64_t rows = t.dim() == 0 ? 1 : t.size(0);
+  return {rows, rows == 0 ? 0 : t.numel() / rows};
+}
+
+// Elements per parallel task: large enough that a thread's wake-up is amortised.
+constexpr int64_t kGrain = 4096;
+
+}  // namespace fastscore

@@ -1,0 +1,93 @@
+// Noise family, CPU: the tile generator every CPU op uses, and the ops that expose the
+// stream itself (fill_noise_: normals; fill_philox_: raw Philox words, for tests).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu_noise.h"
+#include "philox.h"
+
+namespace fastscore {
+
+// One SoA pass per component keeps every lane independent so GCC vectorises the
+// whole Philox + Box-Muller body; the interleave afterwards is a cheap shuffle.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void normals_tile(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
+  alignas(64) float n0[kTileCounters], n1[kTileCounters], n2[kTileCounters], n3[kTileCounters];
+  const uint32_t lo = static_cast<uint32_t>(counter);
+  const uint32_t hi = static_cast<uint32_t>(counter >> 32);
+  for (int i = 0; i < kTileCounters; ++i) {
+    const uint32_t c_lo = lo + static_cast<uint32_t>(i);
+    const uint32_t c_hi = hi + (c_lo < lo ? 1u : 0u);  // carry into the high word
+    float n[4];
+    normals4(c_lo, c_hi, k0, k1, n);
+    n0[i] = n[0];
+    n1[i] = n[1];
+    n2[i] = n[2];
+    n3[i] = n[3];
+  }
+  for (int i = 0; i < kTileCounters; ++i) {
+    out[4 * i] = n0[i];
+    out[4 * i + 1] = n1[i];
+    out[4 * i + 2] = n2[i];
+    out[4 * i + 3] = n3[i];
+  }
+}
+
+SeedOffset read_seed(const at::Tensor& seed) {
+  TORCH_CHECK(seed.device().is_cpu() && seed.scalar_type() == at::kLong && seed.numel() == 2,
+              "fastscore: seed must be a CPU int64 tensor [seed, offset]");
+  const int64_t* p = seed.contiguous().data_ptr<int64_t>();
+  const uint64_t s = static_cast<uint64_t>(p[0]);
+  TORCH_CHECK(p[1] >= 0, "fastscore: offset must be >= 0, got ", p[1]);
+  return {static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32), p[1]};
+}
+
+namespace {
+
+void fill_noise_cpu(at::Tensor out, const at::Tensor& seed) {
+  const SeedOffset so = read_seed(seed);
+  if (out.numel() == 0) return;
+  at::Tensor dst = out.contiguous();
+  const int64_t base = so.offset * row_geometry(out).second;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fill_noise_", [&] {
+    scalar_t* d = dst.data_ptr<scalar_t>();
+    at::parallel_for(0, dst.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_noise_tile(so, base, begin, end, [&](int64_t i, int64_t count, const float* z) {
+        for (int64_t t = 0; t < count; ++t) d[i + t] = static_cast<scalar_t>(z[t]);
+      });
+    });
+  });
+  if (!dst.is_same(out)) out.copy_(dst);
+}
+
+// out: int32 [n, 4]; row r gets the words of counter seed[1] + r.
+void fill_philox_cpu(at::Tensor out, const at::Tensor& seed) {
+  const SeedOffset so = read_seed(seed);
+  TORCH_CHECK(out.dim() == 2 && out.size(1) == 4 && out.scalar_type() == at::kInt && out.is_contiguous(),
+              "fastscore: fill_philox_ wants a contiguous int32 [n, 4] tensor");
+  int32_t* d = out.data_ptr<int32_t>();
+  at::parallel_for(0, out.size(0), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint64_t c = static_cast<uint64_t>(so.offset + r);
+      const PhiloxWords w = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), so.k0, so.k1);
+      d[4 * r] = static_cast<int32_t>(w.w0);
+      d[4 * r + 1] = static_cast<int32_t>(w.w1);
+      d[4 * r + 2] = static_cast<int32_t>(w.w2);
+      d[4 * r + 3] = static_cast<int32_t>(w.w3);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastscore, m) {
+  m.def("fill_noise_(Tensor(a!) out, Tensor seed) -> ()");
+  m.def("fill_philox_(Tensor(a!) out, Tensor seed) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
+  m.impl("fill_noise_", &fill_noise_cpu);
+  m.impl("fill_philox_", &fill_philox_cpu);
+}
+
+}  // namespace fastscore

@@ -1,0 +1,413 @@
+"""fastscore's op layer: the one dispatch point between the public API and the backends.
+
+Every public op here (1) checks its arguments once, naming the bad one, (2) packs
+coefficients into a float64 [3, K] tensor (rows a, b, c; K = 1 or B) and seed/offset
+into an int64 [2] CPU tensor, (3) runs the backend chosen by ``fastscore.backends``.
+
+The seed travels as a tensor so that under torch.compile a new seed is new data, not a
+new graph: pass ``seed=torch.tensor(s)`` inside compiled code to never recompile.
+
+Compiled kernels are torch custom ops in the namespace ``fastscore``: the C++/CUDA ones
+(``step_``, ``perturb``, ``fill_noise_``, ``fill_philox_``) are defined in csrc/ and get
+their fake (meta) kernels and autograd here; the Triton ones (``triton_*``) are Python
+custom ops wrapping the launchers in kernels/, which import triton only when called.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import torch
+
+from fastscore import backends, reference
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEED_MOD = 1 << 64
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_float_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def _check_like(t, x: torch.Tensor, name: str, same_dtype: bool = True) -> None:
+    _check_float_tensor(t, name)
+    if t.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
+    if same_dtype and t.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+
+
+def _check_no_grad(name: str, *tensors) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"{name} is an in-place sampler update and is not differentiable; inputs require grad "
+            "(run it under torch.no_grad(), or use perturb for a differentiable update)"
+        )
+
+
+def _coef_column(v, name: str, x: torch.Tensor, nonnegative: bool):
+    """A coefficient as a float (scalar) or a float64 [B] tensor on x's device."""
+    if isinstance(v, torch.Tensor):
+        if v.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a float or a floating tensor, got {v.dtype}")
+        if v.dim() == 0:
+            v = v.to(torch.float64, copy=False)
+        elif v.dim() != 1 or x.dim() == 0 or v.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{name} must be a scalar or a 1-D per-sample tensor of length x.shape[0]"
+                f" = {x.shape[0] if x.dim() else '(0-d x)'}, got shape {tuple(v.shape)}"
+            )
+        elif v.device != x.device:
+            raise ValueError(f"{name} must be on the device of x ({x.device}), got {v.device}")
+        # Checking the sign of a CUDA tensor would sync the host; CPU tensors are checked.
+        if nonnegative and v.device.type == "cpu" and bool((~(v >= 0)).any()):
+            raise ValueError(f"{name} must be >= 0 (and not NaN), got {v.min().item()}")
+        return v.to(torch.float64)
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    v = float(v)
+    if nonnegative and not v >= 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def _pack_coef(x: torch.Tensor, a, b, c) -> torch.Tensor:
+    """float64 [3, K]: rows (a, b, c); K = B if any is a per-sample [B] tensor, else 1."""
+    vals = (a, b, c)
+    if not any(isinstance(v, torch.Tensor) for v in vals):
+        return torch.tensor([[a], [b], [c]], dtype=torch.float64, device=x.device)
+    per_sample = any(isinstance(v, torch.Tensor) and v.dim() == 1 for v in vals)
+    k = x.shape[0] if per_sample else 1
+    cols = [v.to(x.device).reshape(-1).expand(k) if isinstance(v, torch.Tensor)
+            else torch.full((k,), v, dtype=torch.float64, device=x.device) for v in vals]
+    return torch.stack(cols)
+
+
+def _seed_int64(seed) -> int:
+    """seed mod 2**64 as the two's-complement int64 the kernels take."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int or a one-element integer tensor, got {type(seed).__name__}")
+    s = int(seed) % _SEED_MOD
+    return s - _SEED_MOD if s >= 1 << 63 else s
+
+
+def _seed_tensor(seed, offset) -> torch.Tensor:
+    """int64 [2] CPU: (seed mod 2**64 as two's complement, offset in rows)."""
+    if isinstance(offset, torch.Tensor):
+        if offset.dtype.is_floating_point or offset.numel() != 1:
+            raise TypeError("offset must be a non-negative int or a one-element integer tensor")
+        offset = offset.reshape(1).to(device="cpu", dtype=torch.int64)
+    elif not isinstance(offset, numbers.Integral) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int (rows), got {offset!r}")
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype.is_floating_point or seed.dtype == torch.bool or seed.numel() != 1:
+            raise TypeError(f"seed must be an int or a one-element integer tensor, got {seed.dtype} {tuple(seed.shape)}")
+        seed = seed.reshape(1).to(device="cpu", dtype=torch.int64)
+        off = offset if isinstance(offset, torch.Tensor) else torch.tensor([int(offset)], dtype=torch.int64)
+        return torch.cat([seed, off])
+    s = _seed_int64(seed)
+    if isinstance(offset, torch.Tensor):
+        return torch.cat([torch.tensor([s], dtype=torch.int64), offset])
+    return torch.tensor([s, int(offset)], dtype=torch.int64)
+
+
+def _profiled(name: str):
+    """Run the op inside record_function("fastscore::<name>") when a profiler is on
+    (free otherwise), and inside an NVTX range for CUDA tensors."""
+    label = f"fastscore::{name}"
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            if torch.compiler.is_compiling() or not torch.autograd.profiler._is_profiler_enabled:
+                return fn(*args, **kwargs)
+            with torch.profiler.record_function(label):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- backends
+# Each backend implements the same four calls on already-checked, packed arguments.
+
+
+class _Reference:
+    @staticmethod
+    def _coef_row(coef: torch.Tensor, i: int):
+        return coef[i] if coef.shape[1] > 1 else coef[i, 0]
+
+    @staticmethod
+    def _seed(seed_t):
+        return seed_t[0], int(seed_t[1])
+
+    def fill_noise_(self, out, seed_t):
+        seed, offset = self._seed(seed_t)
+        out.copy_(reference.noise(out.shape, seed, offset, dtype=torch.float32, device=out.device))
+
+    def fill_philox_(self, out, seed_t):
+        seed, first = self._seed(seed_t)
+        counters = torch.arange(first, first + out.shape[0], dtype=torch.int64, device=out.device)
+        w = torch.stack(reference.philox4x32(seed, counters), dim=1)
+        out.copy_((w - ((w >> 31) << 32)).to(torch.int32))
+
+    def step_(self, x, score, coef, seed_t, noise, x_mean, with_noise):
+        seed, offset = self._seed(seed_t)
+        a, b, c = (self._coef_row(coef, i) for i in range(3))
+        reference.step_(x, score, a, b, c, seed, offset, x_mean, noise, with_noise)
+
+    def perturb(self, x, coef, seed_t, noise):
+        seed, offset = self._seed(seed_t)
+        return reference.perturb(x, self._coef_row(coef, 0), self._coef_row(coef, 2), seed, offset, noise)
+
+
+class _Compiled:
+    """fastscore._C: the CPU kernels (cpp) and, when built with CUDA, the CUDA kernels."""
+
+    def fill_noise_(self, out, seed_t):
+        torch.ops.fastscore.fill_noise_(out, seed_t)
+
+    def fill_philox_(self, out, seed_t):
+        torch.ops.fastscore.fill_philox_(out, seed_t)
+
+    def step_(self, x, score, coef, seed_t, noise, x_mean, with_noise):
+        torch.ops.fastscore.step_(x, score, coef, seed_t, noise, x_mean, with_noise)
+
+    def perturb(self, x, coef, seed_t, noise):
+        return torch.ops.fastscore.perturb(x, coef, seed_t, noise)
+
+    @staticmethod
+    def step_scalar_(x, score, a, b, c, seed, offset, x_mean, with_noise):
+        _STEP_SCALAR(x, score, a, b, c, seed, offset, x_mean, with_noise)
+
+
+_STEP_SCALAR = torch.ops.fastscore.step_scalar_.default if backends.HAS_EXTENSION else None
+
+
+def _seed_ints(seed_t: torch.Tensor) -> tuple[int, int]:
+    s, o = seed_t.tolist()
+    return s, o
+
+
+@torch.library.custom_op("fastscore::triton_fill_noise_", mutates_args=("out",))
+def _triton_fill_noise_(out: torch.Tensor, seed: torch.Tensor) -> None:
+    from fastscore.kernels import noise as kn
+
+    kn.fill_noise_(out, *_seed_ints(seed))
+
+
+@torch.library.custom_op("fastscore::triton_step_", mutates_args=("x", "x_mean"))
+def _triton_step_(x: torch.Tensor, score: torch.Tensor | None, coef: torch.Tensor, seed: torch.Tensor,
+                  noise: torch.Tensor | None, x_mean: torch.Tensor | None, with_noise: bool) -> None:
+    from fastscore.kernels import step as ks
+
+    ks.fused_update_(x, x, score, coef, *_seed_ints(seed), noise, x_mean, with_noise)
+
+
+@torch.library.custom_op("fastscore::triton_perturb", mutates_args=())
+def _triton_perturb(x: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    from fastscore.kernels import step as ks
+
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    ks.fused_update_(out, x, None, coef, *_seed_ints(seed), noise, None, True)
+    return out
+
+
+class _Triton:
+    def fill_noise_(self, out, seed_t):
+        _triton_fill_noise_(out, seed_t)
+
+    def fill_philox_(self, out, seed_t):
+        from fastscore.kernels import noise as kn
+
+        s, first = _seed_ints(seed_t)
+        out.copy_(kn.philox_words(s, first, out.shape[0], out.device))
+
+    def step_(self, x, score, coef, seed_t, noise, x_mean, with_noise):
+        _triton_step_(x, score, coef, seed_t, noise, x_mean, with_noise)
+
+    def perturb(self, x, coef, seed_t, noise):
+        return _triton_perturb(x, coef, seed_t, noise)
+
+
+IMPLS = {"reference": _Reference(), "cpp": _Compiled(), "cuda": _Compiled(), "triton": _Triton()}
+
+
+def _impl(device: torch.device):
+    return IMPLS[backends.resolve(device)]
+
+
+# --------------------------------------------------------------------------- fakes, autograd
+
+
+def _fake_step_(x, score, coef, seed, noise, x_mean, with_noise):
+    return None
+
+
+def _fake_perturb(x, coef, seed, noise):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _per_sample_row(coef: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
+    return reference.per_sample(coef[i] if coef.shape[1] > 1 else coef[i, 0], like, reference.compute_dtype(like.dtype))
+
+
+def _perturb_setup(ctx, inputs, output):
+    x, coef, seed, noise = inputs
+    ctx.save_for_backward(x, coef, seed, noise)
+
+
+def _perturb_backward(ctx, grad):
+    """out = a*x + c*z: dx = a*g, dnoise = c*g, da = sum_row(g*x), dc = sum_row(g*z)."""
+    x, coef, seed, noise = ctx.saved_tensors
+    cd = reference.compute_dtype(x.dtype)
+    g = grad.to(cd)
+    grad_x = (_per_sample_row(coef, 0, x) * g).to(x.dtype) if ctx.needs_input_grad[0] else None
+    grad_noise = (_per_sample_row(coef, 2, x) * g).to(noise.dtype) if noise is not None and ctx.needs_input_grad[3] else None
+    grad_coef = None
+    if ctx.needs_input_grad[1]:
+        z = noise.to(cd) if noise is not None else _noise_like(x, seed, cd)
+        dims = tuple(range(1, x.dim()))
+        rows = [(g * x.to(cd)).sum(dims), torch.zeros(g.shape[:1], dtype=cd, device=g.device), (g * z).sum(dims)]
+        grad_coef = torch.stack(rows).to(coef.dtype)
+        if coef.shape[1] == 1:
+            grad_coef = grad_coef.sum(1, keepdim=True)
+    return grad_x, grad_coef, None, grad_noise
+
+
+def _noise_like(x: torch.Tensor, seed_t: torch.Tensor, dtype) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    if out.numel():
+        _impl(x.device).fill_noise_(out, seed_t)
+    return out.to(dtype)
+
+
+def _register_meta_and_autograd() -> None:
+    torch.library.register_fake("fastscore::triton_step_")(_fake_step_)
+    torch.library.register_fake("fastscore::triton_perturb")(_fake_perturb)
+    torch.library.register_fake("fastscore::triton_fill_noise_")(lambda out, seed: None)
+    torch.library.register_autograd("fastscore::triton_perturb", _perturb_backward, setup_context=_perturb_setup)
+    if backends.HAS_EXTENSION:
+        torch.library.register_fake("fastscore::step_")(_fake_step_)
+        torch.library.register_fake("fastscore::step_scalar_")(lambda x, score, a, b, c, seed, offset, x_mean, w: None)
+        torch.library.register_fake("fastscore::perturb")(_fake_perturb)
+        torch.library.register_fake("fastscore::fill_noise_")(lambda out, seed: None)
+        torch.library.register_fake("fastscore::fill_philox_")(lambda out, seed: None)
+        torch.library.register_autograd("fastscore::perturb", _perturb_backward, setup_context=_perturb_setup)
+
+
+_register_meta_and_autograd()
+
+
+# --------------------------------------------------------------------------- public ops
+
+
+@_profiled("noise")
+def noise(shape, seed, offset=0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The noise stream over ``shape`` (rows from ``offset``): N(0, 1) float32 values,
+    bit-identical on every backend, converted to ``dtype``."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    shape = tuple(shape)
+    if any((not isinstance(s, numbers.Integral)) or s < 0 for s in shape):
+        raise ValueError(f"shape must be non-negative ints, got {shape}")
+    seed_t = _seed_tensor(seed, offset)
+    out = torch.empty(shape, dtype=torch.float32, device=device)
+    if out.numel():
+        _impl(out.device).fill_noise_(out, seed_t)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def philox_words(seed, first_counter: int, n: int, device="cpu") -> torch.Tensor:
+    """Raw Philox4x32-10 words (int32 bit patterns, [n, 4]) of counters first..first+n-1."""
+    out = torch.empty((n, 4), dtype=torch.int32, device=device)
+    if n:
+        _impl(out.device).fill_philox_(out, _seed_tensor(seed, first_counter))
+    return out
+
+
+def _check_step_args(x, score, noise, x_mean):
+    _check_float_tensor(x, "x")
+    if score is not None:
+        _check_like(score, x, "score")
+    if noise is not None:
+        _check_like(noise, x, "noise", same_dtype=False)
+    if x_mean is not None:
+        _check_like(x_mean, x, "x_mean")
+        if x_mean.data_ptr() == x.data_ptr() and x.numel():
+            raise ValueError("x_mean must not share memory with x")
+    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
+        raise RuntimeError("x is a leaf that requires grad; step_ updates x in place (use perturb, or torch.no_grad())")
+    _check_no_grad("step_", x, score, noise, x_mean)
+
+
+def _run_step(x, score, a, b, c, seed, offset, noise, x_mean, with_noise):
+    impl = _impl(x.device)
+    if noise is not None:
+        noise = noise.to(reference.compute_dtype(x.dtype))
+    # Eager fast path: plain floats and ints straight to the kernel, no tensors built.
+    # Under torch.compile the tensor form keeps a new seed from recompiling.
+    elif (type(a) is float and type(b) is float and type(c) is float and hasattr(impl, "step_scalar_")
+          and type(seed) is int and type(offset) is int and not torch.compiler.is_compiling()):
+        if offset < 0:
+            raise ValueError(f"offset must be a non-negative int (rows), got {offset!r}")
+        impl.step_scalar_(x, score, a, b, c, _seed_int64(seed), offset, x_mean, with_noise)
+        return x
+    seed_t = _seed_tensor(seed, offset)
+    if x.numel():
+        impl.step_(x, score, _pack_coef(x, a, b, c), seed_t, noise, x_mean, with_noise)
+    return x
+
+
+@_profiled("step_")
+def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
+    """In place: x <- a*x + b*score + c*z, z the noise stream at (seed, offset rows) or
+    the explicit ``noise`` tensor; ``x_mean`` (optional) receives a*x + b*score.
+    a, b, c: floats or per-sample [B] tensors. A scalar c == 0 skips the RNG (ODE step).
+    ``score=None`` drops the b term. Returns x."""
+    _check_step_args(x, score, noise, x_mean)
+    a = _coef_column(a, "a", x, nonnegative=False)
+    b = _coef_column(b, "b", x, nonnegative=False)
+    c = _coef_column(c, "c", x, nonnegative=False)
+    with_noise = noise is not None or isinstance(c, torch.Tensor) or c != 0.0
+    return _run_step(x, score, a, b, c, seed, offset, noise, x_mean, with_noise)
+
+
+@_profiled("langevin_step_")
+def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
+    """In place: x <- x + eps*score + sqrt(2 eps)*z (unadjusted Langevin); eps >= 0,
+    a float or a per-sample [B] tensor. Returns x."""
+    _check_step_args(x, score, noise, None)
+    if score is None:
+        raise TypeError("score must be a tensor shaped like x, got None")
+    eps = _coef_column(step_size, "step_size", x, nonnegative=True)
+    noise_scale = torch.sqrt(2.0 * eps) if isinstance(eps, torch.Tensor) else math.sqrt(2.0 * eps)
+    return _run_step(x, score, 1.0, eps, noise_scale, seed, offset, noise, None, True)
+
+
+@_profiled("perturb")
+def perturb(x, sigma, seed=0, offset=0, mean_scale=1.0, noise=None):
+    """mean_scale*x + sigma*z (out of place, differentiable in x, sigma, mean_scale);
+    sigma >= 0, floats or per-sample [B] tensors. The same (seed, offset) gives
+    ``dsm_loss`` the same z."""
+    _check_float_tensor(x, "x")
+    if noise is not None:
+        _check_like(noise, x, "noise", same_dtype=False)
+        noise = noise.to(reference.compute_dtype(x.dtype))
+    sigma = _coef_column(sigma, "sigma", x, nonnegative=True)
+    mean_scale = _coef_column(mean_scale, "mean_scale", x, nonnegative=False)
+    coef = _pack_coef(x, mean_scale, 0.0, sigma)
+    seed_t = _seed_tensor(seed, offset)
+    out = _impl(x.device).perturb(x, coef, seed_t, noise)
+    return out.to(x.dtype)

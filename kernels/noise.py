@@ -1,0 +1,270 @@
+"""The fastscore noise stream in Triton, bit for bit ``fastscore/reference.py``.
+
+Math (SPEC "Noise"; reference.py is the ground truth, csrc/philox.h the C++/CUDA twin)
+-----------------------------------------------------------------------------------
+Key (k0, k1) = (seed mod 2**64) split into low/high 32-bit words. Counter c (int64)
+is the Philox4x32-10 block (c_lo, c_hi, 0, 0); ``tl.randint4x(seed, c)`` computes
+exactly that (Triton's constants), giving four uint32 words w0..w3.
+
+    u_i  = float(x_i) * 0x1.fffffep-32,   x_i = int32(w_i), negative -> ~x_i
+    r    = sqrt(-2 * log(max(u0, 1e-7)))       n0 = r * cos(2 pi u1)   n1 = r * sin(2 pi u1)
+    r'   = sqrt(-2 * log(max(u2, 1e-7)))       n2 = r'* cos(2 pi u3)   n3 = r'* sin(2 pi u3)
+
+    log(u):   u = 2^e * m, m folded into [sqrt(1/2), sqrt(2)];  s = (m - 1) / (m + 1)
+              log m = 2 atanh(s) = f - s*(f - z*P(z)),  z = s*s,  P = L3 + z(L5 + z(L7 + z L9))
+              log u = e*LN2_HI + (log m + e*LN2_LO)
+    sincos:   t = 4u (exact), q = floor(t) (quadrant), f = t - q (exact), g = min(f, 1 - f)
+              sin(pi/2 g) = g*S(g^2),  cos(pi/2 g) = 1 + g^2*C(g^2), swapped when f > 1/2,
+              then rotated by q quarter turns (sign flips and swaps only).
+
+Element j (int64, flat C order, global across the batch) is component j & 3 of the
+normals at counter j >> 2. A tensor of B rows of R elements under row ``offset`` o
+holds element k of row r at j = (o + r) * R + k.
+
+Why it is written the way it is
+-------------------------------
+* Bitwise agreement with the eager reference needs every float op IEEE-rounded and in
+  the same order: only ``+ - *``, ``tl.div_rn``, ``tl.sqrt_rn``, bit casts, integer ops
+  and ``tl.where``. Plain ``/`` on floats compiles to an approximate divide, ``tl.log``,
+  ``tl.sin``, ``tl.cos`` and ``tl.randn`` differ between devices, and fused
+  multiply-adds change the rounding, so every launch passes ``enable_fp_fusion=False``.
+* Negation flips the sign bit (``_neg``) rather than relying on how ``-x`` is lowered:
+  sin/cos can be exactly +-0 (u = 1/4, 1/2) and the reference, C++ and CUDA all give -0.
+* Constants are the exact float32 values of reference.py (hex), so no compiler ever
+  rounds a decimal literal.
+* A program handles BLOCK consecutive counters = 4*BLOCK consecutive stream elements;
+  the four normals of a counter are computed once and interleaved into element order,
+  so loads and stores stay contiguous (no 4x redundant Philox/Box-Muller work).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------
+# Exact float32 constants (same hex spelling as reference.py and csrc/philox.h).
+# tl.constexpr so jit functions may read them as globals.
+# ---------------------------------------------------------------------------------------
+_h = float.fromhex
+UNIFORM_SCALE = tl.constexpr(_h("0x1.fffffep-32"))  # Triton's 4.6566127342e-10 in fp32
+U_MIN = tl.constexpr(_h("0x1.ad7f2ap-24"))  # 1e-7 in fp32
+SQRT2 = tl.constexpr(_h("0x1.6a09e6p+0"))
+LN2_HI = tl.constexpr(_h("0x1.62e3p-1"))
+LN2_LO = tl.constexpr(_h("0x1.2fefa2p-17"))
+L3 = tl.constexpr(_h("0x1.555556p-1"))
+L5 = tl.constexpr(_h("0x1.99999ap-2"))
+L7 = tl.constexpr(_h("0x1.24924ap-2"))
+L9 = tl.constexpr(_h("0x1.c71c72p-3"))
+S1 = tl.constexpr(_h("0x1.921fb6p+0"))
+S3 = tl.constexpr(_h("-0x1.4abbcep-1"))
+S5 = tl.constexpr(_h("0x1.466bc6p-4"))
+S7 = tl.constexpr(_h("-0x1.32d2ccp-8"))
+S9 = tl.constexpr(_h("0x1.507834p-13"))
+C2 = tl.constexpr(_h("-0x1.3bd3ccp+0"))
+C4 = tl.constexpr(_h("0x1.03c1f0p-2"))
+C6 = tl.constexpr(_h("-0x1.55d3c8p-6"))
+C8 = tl.constexpr(_h("0x1.e1f506p-11"))
+C10 = tl.constexpr(_h("-0x1.a6d1f2p-16"))
+SIGN_BIT = tl.constexpr(-(2**31))  # 0x80000000 as int32
+del _h
+
+# Counters per program: small on the GPU (occupancy), large under the interpreter,
+# which pays ~8 ms per program instance but vectorises within one.
+GPU_BLOCK = 256
+INTERPRETER_MAX_BLOCK = 8192
+
+
+# ---------------------------------------------------------------------------------------
+# Device helpers: exact ports of reference.py
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def as_int64(v):
+    """A scalar int argument as int64. Via uint64 because the interpreter stores Python
+    ints in [2**31, 2**32) as uint32 data typed i64, so ``.to(tl.int64)`` would be a
+    no-op and later signed shifts would read them as negative int32; compiled, this is
+    a sign extension (i32) or nothing (i64)."""
+    return v.to(tl.uint64).to(tl.int64)
+
+
+@triton.jit
+def _neg(x):
+    """-x by flipping the sign bit (exact, and -(+0) = -0 on every backend)."""
+    return (x.to(tl.int32, bitcast=True) ^ SIGN_BIT).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def uniform_f32(w):
+    """Triton's uint_to_uniform_float: int32 view, negative -> ~x, float(x) * scale."""
+    x = w.to(tl.int32, bitcast=True)
+    x = tl.where(x < 0, ~x, x)
+    return x.to(tl.float32) * UNIFORM_SCALE
+
+
+@triton.jit
+def log_f32(u):
+    """log(u) for positive normal float32 u: exponent bits + 2*atanh series on the mantissa."""
+    bits = u.to(tl.int32, bitcast=True)
+    e = (bits >> 23) - 127
+    m = ((bits & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)  # [1, 2)
+    big = m > SQRT2
+    m = tl.where(big, m * 0.5, m)  # [sqrt(1/2), sqrt(2)]
+    e = tl.where(big, e + 1, e)
+    f = m - 1.0  # exact (Sterbenz)
+    s = tl.div_rn(f, m + 1.0)
+    z = s * s
+    r = L9 * z + L7  # constant first: L9 * z == z * L9 (commutative), same rounding
+    r = r * z + L5
+    r = r * z + L3
+    r = z * r
+    log_m = f - s * (f - r)  # = 2s + s*r
+    ef = e.to(tl.float32)
+    return ef * LN2_HI + (log_m + ef * LN2_LO)
+
+
+@triton.jit
+def sincos_2pi_f32(u):
+    """(sin 2 pi u, cos 2 pi u) for u in [0, 1): quadrant from 4u (exact), then a
+    polynomial in g in [0, 1/2] (the larger half folded by the exact 1 - f)."""
+    t = u * 4.0
+    q = t.to(tl.int32)  # truncation = floor, t >= 0
+    f = t - q.to(tl.float32)
+    swap = f > 0.5
+    g = tl.where(swap, 1.0 - f, f)
+    z = g * g
+    sp = S9 * z + S7
+    sp = sp * z + S5
+    sp = sp * z + S3
+    sp = sp * z + S1
+    sp = g * sp
+    cp = C10 * z + C8
+    cp = cp * z + C6
+    cp = cp * z + C4
+    cp = cp * z + C2
+    cp = cp * z + 1.0
+    s_f = tl.where(swap, cp, sp)  # sin(pi/2 f)
+    c_f = tl.where(swap, sp, cp)  # cos(pi/2 f)
+    odd = (q & 1) == 1
+    s_q = tl.where(odd, c_f, s_f)
+    c_q = tl.where(odd, s_f, c_f)
+    sin = tl.where(q >= 2, _neg(s_q), s_q)
+    cos = tl.where((q == 1) | (q == 2), _neg(c_q), c_q)
+    return sin, cos
+
+
+@triton.jit
+def box_muller_f32(ua, ub):
+    """Triton's pair_uniform_to_normal with fastscore's log/sin/cos: (r cos, r sin)."""
+    ua = tl.where(ua < U_MIN, U_MIN, ua)  # max(u, 1e-7); u is never NaN
+    r = tl.sqrt_rn(-2.0 * log_f32(ua))
+    sin, cos = sincos_2pi_f32(ub)
+    return r * cos, r * sin
+
+
+@triton.jit
+def normals4(seed, counter):
+    """The four float32 normals of int64 ``counter`` (a block) under ``seed``."""
+    w0, w1, w2, w3 = tl.randint4x(seed, counter)
+    n0, n1 = box_muller_f32(uniform_f32(w0), uniform_f32(w1))
+    n2, n3 = box_muller_f32(uniform_f32(w2), uniform_f32(w3))
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def interleave4(a, b, c, d, BLOCK: tl.constexpr):
+    """Four [BLOCK] blocks -> one [4*BLOCK] block whose element 4t + k is input k at t
+    (join adds a minor dim: join(join(a, c), join(b, d))[t, p, r] is input 2p + r)."""
+    return tl.reshape(tl.join(tl.join(a, c), tl.join(b, d)), (4 * BLOCK,))
+
+
+@triton.jit
+def stream_block(seed, first_counter, BLOCK: tl.constexpr):
+    """Stream elements 4*first_counter ... 4*(first_counter + BLOCK) - 1, in order."""
+    counter = first_counter + tl.arange(0, BLOCK).to(tl.int64)
+    n0, n1, n2, n3 = normals4(seed, counter)
+    return interleave4(n0, n1, n2, n3, BLOCK)
+
+
+# ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["seed", "base", "n"])
+def noise_kernel(out_ptr, seed, base, n, BLOCK: tl.constexpr):
+    """out[i] = stream[base + i] for i < n. Program p covers the BLOCK counters from
+    (base >> 2) + p*BLOCK, i.e. 4*BLOCK stream elements, some of them outside [base, base+n)."""
+    base = as_int64(base)
+    n = as_int64(n)
+    first = (base >> 2) + tl.program_id(0).to(tl.int64) * BLOCK
+    z = stream_block(seed, first, BLOCK)
+    i = first * 4 + tl.arange(0, 4 * BLOCK).to(tl.int64) - base  # output index of each element
+    mask = (i >= 0) & (i < n)
+    tl.store(out_ptr + i, z.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed", "first", "n"])
+def philox_kernel(out_ptr, seed, first, n, BLOCK: tl.constexpr):
+    """out[t, k] = word k (bit pattern as int32) of Philox at counter first + t, t < n."""
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    w0, w1, w2, w3 = tl.randint4x(seed, as_int64(first) + t)
+    w = interleave4(w0, w1, w2, w3, BLOCK).to(tl.int32, bitcast=True)
+    idx = tl.program_id(0).to(tl.int64) * (4 * BLOCK) + tl.arange(0, 4 * BLOCK).to(tl.int64)
+    tl.store(out_ptr + idx, w, mask=idx < 4 * as_int64(n))
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------
+def seed_arg(seed: int) -> int:
+    """seed mod 2**64 as a two's-complement int64: Triton's philox casts it to uint64,
+    which restores the same 64 bits (so seeds >= 2**63 and negative seeds work)."""
+    s = int(seed) % (1 << 64)
+    return s - (1 << 64) if s >= (1 << 63) else s
+
+
+def counters_per_program(device: torch.device, counters: int) -> int:
+    """BLOCK (counters per program): fixed on the GPU; under the interpreter the next
+    power of two of the work, capped, so small tensors do not pay for a huge block."""
+    if torch.device(device).type != "cpu":
+        return GPU_BLOCK
+    return min(max(triton.next_power_of_2(max(int(counters), 1)), 16), INTERPRETER_MAX_BLOCK)
+
+
+def row_geometry(shape) -> tuple[int, int]:
+    """(rows, elements per row); a 0-d tensor is one row of one element (as reference.py)."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    rows = int(shape[0]) if len(shape) > 0 else 1
+    return rows, (numel // rows if rows > 0 else 0)
+
+
+def fill_noise_(out: torch.Tensor, seed: int, offset: int) -> None:
+    """Fill ``out`` (any shape/strides, fp32/fp16/bf16/fp64) with the stream, rows from ``offset``.
+
+    fp16/bf16 get the fp32 normal rounded to nearest-even; fp64 gets it exactly.
+    """
+    n = out.numel()
+    if n == 0:
+        return
+    _, per_row = row_geometry(out.shape)
+    base = int(offset) * per_row
+    target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    n_counters = ((base + n - 1) >> 2) - (base >> 2) + 1
+    block = counters_per_program(out.device, n_counters)
+    grid = (triton.cdiv(n_counters, block),)
+    noise_kernel[grid](target, seed_arg(seed), base, n, BLOCK=block, enable_fp_fusion=False)
+    if target is not out:
+        out.copy_(target)
+
+
+def philox_words(seed: int, first_counter: int, n: int, device) -> torch.Tensor:
+    """int32 [n, 4]: the bit patterns of Philox words (w0..w3) at counters first..first+n-1."""
+    out = torch.empty((int(n), 4), dtype=torch.int32, device=device)
+    if n == 0:
+        return out
+    block = counters_per_program(out.device, n)
+    grid = (triton.cdiv(int(n), block),)
+    philox_kernel[grid](out, seed_arg(seed), int(first_counter), int(n), BLOCK=block,
+                        enable_fp_fusion=False)
+    return out
