@@ -69,8 +69,10 @@ def _coef_column(v, name: str, x: torch.Tensor, nonnegative: bool):
             )
         elif v.device != x.device:
             raise ValueError(f"{name} must be on the device of x ({x.device}), got {v.device}")
-        # Checking the sign of a CUDA tensor would sync the host; CPU tensors are checked.
-        if nonnegative and v.device.type == "cpu" and bool((~(v >= 0)).any()):
+        # Checking the sign of a CUDA tensor would sync the host, and a traced graph
+        # cannot branch on data: eager CPU tensors are checked.
+        if (nonnegative and v.device.type == "cpu" and not torch.compiler.is_compiling()
+                and bool((~(v >= 0)).any())):
             raise ValueError(f"{name} must be >= 0 (and not NaN), got {v.min().item()}")
         return v.to(torch.float64)
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
@@ -146,7 +148,7 @@ def _profiled(name: str):
 class _Reference:
     @staticmethod
     def _coef_row(coef: torch.Tensor, i: int):
-        return coef[i] if coef.shape[1] > 1 else coef[i, 0]
+        return coef[i] if coef.shape[1] != 1 else coef[i, 0]
 
     @staticmethod
     def _seed(seed_t):
@@ -260,7 +262,7 @@ def _fake_perturb(x, coef, seed, noise):
 
 
 def _per_sample_row(coef: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
-    return reference.per_sample(coef[i] if coef.shape[1] > 1 else coef[i, 0], like, reference.compute_dtype(like.dtype))
+    return reference.per_sample(coef[i] if coef.shape[1] != 1 else coef[i, 0], like, reference.compute_dtype(like.dtype))
 
 
 def _perturb_setup(ctx, inputs, output):
