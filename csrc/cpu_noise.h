@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "op_common.h"
+
 namespace fastscore {
 
 // Counters per tile; a tile holds 4x as many normals (1 KiB, stays in L1).
@@ -14,14 +16,6 @@ constexpr int64_t kTileNormals = 4 * kTileCounters;
 // out[0 .. kTileNormals) = the stream at global indices 4*counter .. 4*counter + 255.
 // Defined in noise.cpp, compiled for AVX-512, AVX2 and baseline x86-64 (picked at load).
 void normals_tile(uint32_t k0, uint32_t k1, uint64_t counter, float* out);
-
-// The Philox key and the row offset from fastscore's seed tensor: int64 [2] = (seed
-// mod 2**64 as a two's-complement int64, offset in rows).
-struct SeedOffset {
-  uint32_t k0, k1;
-  int64_t offset;
-};
-SeedOffset read_seed(const at::Tensor& seed);
 
 // Calls fn(i, count, z) for consecutive ranges covering flat elements [begin, end),
 // where z[t] is the stream at global index base + i + t. Elements are independent,
@@ -39,12 +33,6 @@ void for_each_noise_tile(const SeedOffset& so, int64_t base, int64_t begin, int6
     fn(i, count, buf + first);
     i += count;
   }
-}
-
-// (rows, elements per row) of a tensor; a 0-d tensor is one row of one element.
-inline std::pair<int64_t, int64_t> row_geometry(const at::Tensor& t) {
-  const int64_t rows = t.dim() == 0 ? 1 : t.size(0);
-  return {rows, rows == 0 ? 0 : t.numel() / rows};
 }
 
 // Elements per parallel task: large enough that a thread's wake-up is amortised.

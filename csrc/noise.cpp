@@ -33,15 +33,6 @@ void normals_tile(uint32_t k0, uint32_t k1, uint64_t counter, float* out) {
   }
 }
 
-SeedOffset read_seed(const at::Tensor& seed) {
-  TORCH_CHECK(seed.device().is_cpu() && seed.scalar_type() == at::kLong && seed.numel() == 2,
-              "fastscore: seed must be a CPU int64 tensor [seed, offset]");
-  const int64_t* p = seed.contiguous().data_ptr<int64_t>();
-  const uint64_t s = static_cast<uint64_t>(p[0]);
-  TORCH_CHECK(p[1] >= 0, "fastscore: offset must be >= 0, got ", p[1]);
-  return {static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32), p[1]};
-}
-
 namespace {
 
 void fill_noise_cpu(at::Tensor out, const at::Tensor& seed) {

@@ -90,17 +90,12 @@ void fused_update(at::Tensor& out, const at::Tensor& x, const c10::optional<at::
   const int64_t per_row = row_geometry(x).second;
   const at::Tensor x_c = x.contiguous();
   at::Tensor score_c, noise_c;
-  if (score.has_value()) {
-    TORCH_CHECK(score->sizes() == x.sizes() && score->scalar_type() == x.scalar_type(), "fastscore: score must match x");
-    score_c = score->contiguous();
-  }
+  check_like(score, x, x.scalar_type(), "score");
+  if (score.has_value()) score_c = score->contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_update", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    if (noise.has_value()) {
-      TORCH_CHECK(noise->sizes() == x.sizes() && noise->scalar_type() == c10::CppTypeToScalarType<opmath_t>::value,
-                  "fastscore: noise must match x in shape and be in the compute dtype");
-      noise_c = noise->contiguous();
-    }
+    check_like(noise, x, c10::CppTypeToScalarType<opmath_t>::value, "noise");
+    if (noise.has_value()) noise_c = noise->contiguous();
     UpdateArgs<scalar_t> u{out.data_ptr<scalar_t>(),
                            x_c.data_ptr<scalar_t>(),
                            score_c.defined() ? score_c.data_ptr<scalar_t>() : nullptr,
@@ -118,27 +113,12 @@ void fused_update(at::Tensor& out, const at::Tensor& x, const c10::optional<at::
   });
 }
 
-// coef: float64 [3, 1] or [3, rows] -> a contiguous copy whose data the kernel reads.
-at::Tensor checked_coef(const at::Tensor& coef, const at::Tensor& x) {
-  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.dim() == 2 && coef.size(0) == 3 &&
-                  (coef.size(1) == 1 || coef.size(1) == row_geometry(x).first),
-              "fastscore: coef must be float64 [3, 1] or [3, rows]");
-  return coef.to(at::kCPU).contiguous();
-}
-
 void step_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const double* coef, int64_t coef_stride,
                const SeedOffset& so, const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& x_mean,
                bool with_noise) {
-  at::Tensor out = x.contiguous();  // x itself when contiguous: updated in place
-  at::Tensor mean;
-  if (x_mean.has_value()) {
-    TORCH_CHECK(x_mean->sizes() == x.sizes() && x_mean->scalar_type() == x.scalar_type(),
-                "fastscore: x_mean must match x");
-    mean = x_mean->is_contiguous() ? *x_mean : at::empty_like(*x_mean, at::MemoryFormat::Contiguous);
-  }
-  fused_update(out, out, score, coef, coef_stride, so, noise, mean.defined() ? &mean : nullptr, with_noise);
-  if (!out.is_same(x)) x.copy_(out);
-  if (mean.defined() && !mean.is_same(*x_mean)) x_mean->copy_(mean);
+  with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
+    fused_update(out, out, score, coef, coef_stride, so, noise, mean, with_noise);
+  });
 }
 
 void step_cpu(at::Tensor x, const c10::optional<at::Tensor>& score, const at::Tensor& coef, const at::Tensor& seed,
@@ -153,11 +133,9 @@ void step_cpu(at::Tensor x, const c10::optional<at::Tensor>& score, const at::Te
 // side builds no tensors per call (that costs more than the kernel at 2x4096).
 void step_scalar_cpu(at::Tensor x, const c10::optional<at::Tensor>& score, double a, double b, double c,
                      int64_t seed, int64_t offset, const c10::optional<at::Tensor>& x_mean, bool with_noise) {
-  TORCH_CHECK(offset >= 0, "fastscore: offset must be >= 0, got ", offset);
+  const SeedOffset so = seed_offset(seed, offset);
   if (x.numel() == 0) return;
   const double coef[3] = {a, b, c};
-  const uint64_t s = static_cast<uint64_t>(seed);
-  const SeedOffset so{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32), offset};
   step_impl(x, score, coef, 1, so, c10::nullopt, x_mean, with_noise);
 }
 

@@ -28,8 +28,8 @@ Why it is written the way it is
   and ``tl.where``. Plain ``/`` on floats compiles to an approximate divide, ``tl.log``,
   ``tl.sin``, ``tl.cos`` and ``tl.randn`` differ between devices, and fused
   multiply-adds change the rounding, so every launch passes ``enable_fp_fusion=False``.
-* Negation flips the sign bit (``_neg``) rather than relying on how ``-x`` is lowered:
-  sin/cos can be exactly +-0 (u = 1/4, 1/2) and the reference, C++ and CUDA all give -0.
+* Negation flips the sign bit (``_neg``; PTX ``neg.f32``), never ``0 - x``: sin/cos are
+  exactly 0 at u = 1/4, 1/2 and the reference, C++ and CUDA negate those to -0.
 * Constants are the exact float32 values of reference.py (hex), so no compiler ever
   rounds a decimal literal.
 * A program handles BLOCK consecutive counters = 4*BLOCK consecutive stream elements;
