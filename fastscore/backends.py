@@ -73,6 +73,8 @@ def not_supported_reasons(backend: str, device: torch.device) -> list[str]:
         reasons = [] if triton_importable() else ["triton is not installed"]
         if kind == "cpu" and not triton_interpreting():
             reasons.append("triton runs on CPU tensors only with TRITON_INTERPRET=1 set before importing triton")
+        elif kind == "cuda" and not torch.cuda.is_available():
+            reasons.append("no CUDA device is available")
         elif kind not in ("cpu", "cuda"):
             reasons.append(f"triton runs on CUDA tensors, got {kind}")
         return reasons
