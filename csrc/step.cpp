@@ -10,6 +10,7 @@
 
 #include "cpu_noise.h"
 #include "philox.h"
+#include "step_cpu.h"
 
 namespace fastscore {
 namespace {
@@ -113,20 +114,12 @@ void fused_update(at::Tensor& out, const at::Tensor& x, const c10::optional<at::
   });
 }
 
-void step_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const double* coef, int64_t coef_stride,
-               const SeedOffset& so, const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& x_mean,
-               bool with_noise) {
-  with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
-    fused_update(out, out, score, coef, coef_stride, so, noise, mean, with_noise);
-  });
-}
-
 void step_cpu(at::Tensor x, const c10::optional<at::Tensor>& score, const at::Tensor& coef, const at::Tensor& seed,
               const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& x_mean, bool with_noise) {
   const SeedOffset so = read_seed(seed);
   if (x.numel() == 0) return;
   const at::Tensor c = checked_coef(coef, x);
-  step_impl(x, score, c.data_ptr<double>(), c.size(1), so, noise, x_mean, with_noise);
+  step_cpu_impl(x, score, c.data_ptr<double>(), c.size(1), so, noise, x_mean, with_noise);
 }
 
 // The eager fast path: scalar coefficients and seed as plain arguments, so the Python
@@ -136,7 +129,7 @@ void step_scalar_cpu(at::Tensor x, const c10::optional<at::Tensor>& score, doubl
   const SeedOffset so = seed_offset(seed, offset);
   if (x.numel() == 0) return;
   const double coef[3] = {a, b, c};
-  step_impl(x, score, coef, 1, so, c10::nullopt, x_mean, with_noise);
+  step_cpu_impl(x, score, coef, 1, so, c10::nullopt, x_mean, with_noise);
 }
 
 at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& coef, const at::Tensor& seed,
@@ -150,6 +143,14 @@ at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& coef, const at::Te
 }
 
 }  // namespace
+
+void step_cpu_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const double* coef, int64_t coef_stride,
+                   const SeedOffset& so, const c10::optional<at::Tensor>& noise,
+                   const c10::optional<at::Tensor>& x_mean, bool with_noise) {
+  with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
+    fused_update(out, out, score, coef, coef_stride, so, noise, mean, with_noise);
+  });
+}
 
 TORCH_LIBRARY_FRAGMENT(fastscore, m) {
   m.def("step_(Tensor(a!) x, Tensor? score, Tensor coef, Tensor seed, Tensor? noise, Tensor(b!)? x_mean, "

@@ -169,6 +169,11 @@ class _Reference:
         a, b, c = (self._coef_row(coef, i) for i in range(3))
         reference.step_(x, score, a, b, c, seed, offset, x_mean, noise, with_noise)
 
+    def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
+        seed, offset = self._seed(seed_t)
+        reference.langevin_corrector_(x, score, snr, seed, offset, alpha if alpha.numel() > 1 else alpha[0],
+                                      per_sample, x_mean, noise)
+
     def perturb(self, x, coef, seed_t, noise):
         seed, offset = self._seed(seed_t)
         return reference.perturb(x, self._coef_row(coef, 0), self._coef_row(coef, 2), seed, offset, noise)
@@ -188,6 +193,9 @@ class _Compiled:
 
     def perturb(self, x, coef, seed_t, noise):
         return torch.ops.fastscore.perturb(x, coef, seed_t, noise)
+
+    def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
+        torch.ops.fastscore.langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
 
     @staticmethod
     def step_scalar_(x, score, a, b, c, seed, offset, x_mean, with_noise):
@@ -226,7 +234,19 @@ def _triton_perturb(x: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor, noi
     return out
 
 
+@torch.library.custom_op("fastscore::triton_langevin_corrector_", mutates_args=("x", "x_mean"))
+def _triton_langevin_corrector_(x: torch.Tensor, score: torch.Tensor, alpha: torch.Tensor, snr: float,
+                                seed: torch.Tensor, per_sample: bool, noise: torch.Tensor | None,
+                                x_mean: torch.Tensor | None) -> None:
+    from fastscore.kernels import corrector as kc
+
+    kc.langevin_corrector_(x, score, alpha, snr, *_seed_ints(seed), per_sample, noise, x_mean)
+
+
 class _Triton:
+    def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
+        _triton_langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
+
     def fill_noise_(self, out, seed_t):
         _triton_fill_noise_(out, seed_t)
 
@@ -254,6 +274,10 @@ def _impl(device: torch.device):
 
 
 def _fake_step_(x, score, coef, seed, noise, x_mean, with_noise):
+    return None
+
+
+def _fake_corrector_(x, score, alpha, snr, seed, per_sample, noise, x_mean):
     return None
 
 
@@ -299,6 +323,7 @@ def _register_meta_and_autograd() -> None:
     torch.library.register_fake("fastscore::triton_step_")(_fake_step_)
     torch.library.register_fake("fastscore::triton_perturb")(_fake_perturb)
     torch.library.register_fake("fastscore::triton_fill_noise_")(lambda out, seed: None)
+    torch.library.register_fake("fastscore::triton_langevin_corrector_")(_fake_corrector_)
     torch.library.register_autograd("fastscore::triton_perturb", _perturb_backward, setup_context=_perturb_setup)
     if backends.HAS_EXTENSION:
         torch.library.register_fake("fastscore::step_")(_fake_step_)
@@ -306,6 +331,7 @@ def _register_meta_and_autograd() -> None:
         torch.library.register_fake("fastscore::perturb")(_fake_perturb)
         torch.library.register_fake("fastscore::fill_noise_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::fill_philox_")(lambda out, seed: None)
+        torch.library.register_fake("fastscore::langevin_corrector_")(_fake_corrector_)
         torch.library.register_autograd("fastscore::perturb", _perturb_backward, setup_context=_perturb_setup)
 
 
@@ -413,3 +439,33 @@ def perturb(x, sigma, seed=0, offset=0, mean_scale=1.0, noise=None):
     seed_t = _seed_tensor(seed, offset)
     out = _impl(x.device).perturb(x, coef, seed_t, noise)
     return out.to(x.dtype)
+
+
+STEP_SIZE_MODES = ("batch", "per_sample")
+
+
+@_profiled("langevin_corrector_")
+def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mode="batch", x_mean=None, noise=None):
+    """score_sde's LangevinCorrector step, in place: eps = (snr*|z|/|score|)^2 * 2*alpha,
+    x_mean = x + eps*score, x = x_mean + sqrt(2 eps)*z. Norms are batch means
+    (``step_size_mode="batch"``, as score_sde and diffusers) or per sample
+    (``"per_sample"``); they are reduced in the same pass that draws z (float64 sums),
+    and the second pass regenerates z instead of storing it. ``alpha``: float or [B]
+    tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
+    Returns x."""
+    _check_step_args(x, score, noise, x_mean)
+    if score is None:
+        raise TypeError("score must be a tensor shaped like x, got None")
+    if step_size_mode not in STEP_SIZE_MODES:
+        raise ValueError(f"step_size_mode must be one of {STEP_SIZE_MODES}, got {step_size_mode!r}")
+    snr = _coef_column(snr, "snr", x, nonnegative=True)
+    if isinstance(snr, torch.Tensor):
+        raise TypeError("snr must be a float")
+    alpha = _coef_column(alpha, "alpha", x, nonnegative=True)
+    alpha_t = alpha.reshape(-1) if isinstance(alpha, torch.Tensor) else torch.tensor([alpha], dtype=torch.float64)
+    if noise is not None:
+        noise = noise.to(reference.compute_dtype(x.dtype))
+    if x.numel():
+        _impl(x.device).langevin_corrector_(x, score, alpha_t, snr, _seed_tensor(seed, offset),
+                                            step_size_mode == "per_sample", noise, x_mean)
+    return x

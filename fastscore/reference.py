@@ -215,3 +215,37 @@ def step_(x, score, a, b, c, seed, offset=0, x_mean=None, noise_tensor=None, wit
 def perturb(x, mean_scale, sigma, seed, offset=0, noise_tensor=None):
     out, _ = fused_update(x, None, mean_scale, 0.0, sigma, seed, offset, noise_tensor)
     return out.to(x.dtype)
+
+
+def corrector_step_size(sq_score, sq_noise, snr, alpha, per_sample: bool):
+    """score_sde's LangevinCorrector rule from per-row sums of squares (float64 [B]):
+    eps = (snr * |z| / |s|)**2 * 2 * alpha, with batch means of the norms ("batch", as
+    score_sde and diffusers) or per row ("per_sample"). A zero score norm gives eps = 0
+    (score_sde would produce inf/NaN). Returns float64 eps ([B] or 0-d)."""
+    g, n = torch.sqrt(sq_score), torch.sqrt(sq_noise)
+    if not per_sample:
+        g, n = g.mean(), n.mean()
+    ratio = torch.where(g > 0, snr * n / torch.where(g > 0, g, torch.ones_like(g)), torch.zeros_like(g))
+    return ratio * ratio * 2.0 * torch.as_tensor(alpha, dtype=torch.float64, device=g.device)
+
+
+def row_sq_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of squares in float64 (values converted exactly from their dtype)."""
+    rows = row_geometry(t.shape)[0]
+    return (t.double() ** 2).reshape(rows, -1).sum(1)
+
+
+def langevin_corrector_(x, score, snr, seed, offset=0, alpha=1.0, per_sample=False, x_mean=None,
+                        noise_tensor=None):
+    """One LangevinCorrector step in place: x <- x + eps*score + sqrt(2 eps)*z. Pass 1
+    reduces |score|^2 and |z|^2 per row; pass 2 is the fused update with those eps."""
+    if noise_tensor is None:
+        z = noise(x.shape, seed, offset, dtype=torch.float32, device=x.device)
+    else:
+        z = noise_tensor
+    z = z.to(compute_dtype(x.dtype))
+    eps = corrector_step_size(row_sq_norms(score), row_sq_norms(z), snr, alpha, per_sample)
+    if eps.dim() == 0 and x.dim() > 0:
+        eps = eps.expand(x.shape[0])
+    eps = eps.reshape(-1) if x.dim() > 0 else eps.reshape(())
+    return step_(x, score, 1.0, eps, torch.sqrt(eps * 2.0), seed, offset, x_mean, noise_tensor=z)

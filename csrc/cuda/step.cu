@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../op_common.h"
+#include "step_cuda.h"
 #include "stream.cuh"
 
 namespace fastscore {
@@ -101,9 +102,7 @@ void step_cuda(at::Tensor x, const c10::optional<at::Tensor>& score, const at::T
   const SeedOffset so = read_seed(seed);
   if (x.numel() == 0) return;
   const at::Tensor c = checked_coef(coef, x);
-  with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
-    fused_update(out, out, score, &c, kNoScalars, so, noise, mean, with_noise);
-  });
+  step_cuda_impl(x, score, &c, kNoScalars, so, noise, x_mean, with_noise);
 }
 
 void step_scalar_cuda(at::Tensor x, const c10::optional<at::Tensor>& score, double a, double b, double c,
@@ -111,9 +110,7 @@ void step_scalar_cuda(at::Tensor x, const c10::optional<at::Tensor>& score, doub
   const SeedOffset so = seed_offset(seed, offset);
   if (x.numel() == 0) return;
   const double coef[3] = {a, b, c};
-  with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
-    fused_update(out, out, score, nullptr, coef, so, c10::nullopt, mean, with_noise);
-  });
+  step_cuda_impl(x, score, nullptr, coef, so, c10::nullopt, x_mean, with_noise);
 }
 
 at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& coef, const at::Tensor& seed,
@@ -127,6 +124,15 @@ at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& coef, const at::T
 }
 
 }  // namespace
+
+void step_cuda_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const at::Tensor* coef,
+                    const double scalar_coef[3], const SeedOffset& so, const c10::optional<at::Tensor>& noise,
+                    const c10::optional<at::Tensor>& x_mean, bool with_noise) {
+  with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
+    fused_update(out, out, score, coef, scalar_coef, so, noise, mean, with_noise);
+  });
+}
+
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
