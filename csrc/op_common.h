@@ -41,6 +41,11 @@ inline at::Tensor checked_coef(const at::Tensor& coef, const at::Tensor& x) {
   return coef.to(x.device()).contiguous();
 }
 
+inline void check_like(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == dtype && t.device() == x.device(), "fastscore: ", name,
+              " must match x in shape and device and have dtype ", dtype);
+}
+
 inline void check_like(const c10::optional<at::Tensor>& t, const at::Tensor& x, at::ScalarType dtype,
                        const char* name) {
   TORCH_CHECK(!t.has_value() || (t->sizes() == x.sizes() && t->scalar_type() == dtype &&

@@ -1,5 +1,6 @@
 // Step family, CPU: the fused update out = a*x + b*score + c*z in one pass, the kernel
-// behind step_ (in place, optional x_mean), langevin_step_ and perturb.
+// behind step_ (in place, optional x_mean), step_scalar_ (its eager fast path),
+// update_ (into another tensor), langevin_step_ and perturb.
 //
 // coef is float64 [3, K] with rows (a, b, c); K = 1 (scalars) or K = rows of x
 // (per-sample, broadcast over each row). Math is fp32 (fp64 for fp64 storage), each
@@ -142,6 +143,18 @@ at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& coef, const at::Te
   return out;
 }
 
+// out <- a*x + b*score + c*z, x untouched (an ODE stage's drift, a perturbation with score).
+void update_cpu(at::Tensor out, const at::Tensor& x, const c10::optional<at::Tensor>& score, const at::Tensor& coef,
+                const at::Tensor& seed, const c10::optional<at::Tensor>& noise, bool with_noise) {
+  const SeedOffset so = read_seed(seed);
+  check_like(out, x, x.scalar_type(), "out");
+  if (x.numel() == 0) return;
+  const at::Tensor c = checked_coef(coef, x);
+  at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+  fused_update(dst, x, score, c.data_ptr<double>(), c.size(1), so, noise, nullptr, with_noise);
+  if (!dst.is_same(out)) out.copy_(dst);
+}
+
 }  // namespace
 
 void step_cpu_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const double* coef, int64_t coef_stride,
@@ -158,12 +171,15 @@ TORCH_LIBRARY_FRAGMENT(fastscore, m) {
   m.def("step_scalar_(Tensor(a!) x, Tensor? score, float a, float b, float c, int seed, int offset, "
         "Tensor(b!)? x_mean, bool with_noise) -> ()");
   m.def("perturb(Tensor x, Tensor coef, Tensor seed, Tensor? noise) -> Tensor");
+  m.def("update_(Tensor(a!) out, Tensor x, Tensor? score, Tensor coef, Tensor seed, Tensor? noise, "
+        "bool with_noise) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
   m.impl("step_", &step_cpu);
   m.impl("step_scalar_", &step_scalar_cpu);
   m.impl("perturb", &perturb_cpu);
+  m.impl("update_", &update_cpu);
 }
 
 }  // namespace fastscore

@@ -169,6 +169,11 @@ class _Reference:
         a, b, c = (self._coef_row(coef, i) for i in range(3))
         reference.step_(x, score, a, b, c, seed, offset, x_mean, noise, with_noise)
 
+    def update_(self, out, x, score, coef, seed_t, noise, with_noise):
+        seed, offset = self._seed(seed_t)
+        a, b, c = (self._coef_row(coef, i) for i in range(3))
+        out.copy_(reference.fused_update(x, score, a, b, c, seed, offset, noise, with_noise)[0])
+
     def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
         seed, offset = self._seed(seed_t)
         reference.langevin_corrector_(x, score, snr, seed, offset, alpha if alpha.numel() > 1 else alpha[0],
@@ -193,6 +198,9 @@ class _Compiled:
 
     def perturb(self, x, coef, seed_t, noise):
         return torch.ops.fastscore.perturb(x, coef, seed_t, noise)
+
+    def update_(self, out, x, score, coef, seed_t, noise, with_noise):
+        torch.ops.fastscore.update_(out, x, score, coef, seed_t, noise, with_noise)
 
     def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
         torch.ops.fastscore.langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
@@ -243,7 +251,18 @@ def _triton_langevin_corrector_(x: torch.Tensor, score: torch.Tensor, alpha: tor
     kc.langevin_corrector_(x, score, alpha, snr, *_seed_ints(seed), per_sample, noise, x_mean)
 
 
+@torch.library.custom_op("fastscore::triton_update_", mutates_args=("out",))
+def _triton_update_(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor | None, coef: torch.Tensor,
+                    seed: torch.Tensor, noise: torch.Tensor | None, with_noise: bool) -> None:
+    from fastscore.kernels import step as ks
+
+    ks.fused_update_(out, x, score, coef, *_seed_ints(seed), noise, None, with_noise)
+
+
 class _Triton:
+    def update_(self, out, x, score, coef, seed_t, noise, with_noise):
+        _triton_update_(out, x, score, coef, seed_t, noise, with_noise)
+
     def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
         _triton_langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
 
@@ -274,6 +293,10 @@ def _impl(device: torch.device):
 
 
 def _fake_step_(x, score, coef, seed, noise, x_mean, with_noise):
+    return None
+
+
+def _fake_update_(out, x, score, coef, seed, noise, with_noise):
     return None
 
 
@@ -324,6 +347,7 @@ def _register_meta_and_autograd() -> None:
     torch.library.register_fake("fastscore::triton_perturb")(_fake_perturb)
     torch.library.register_fake("fastscore::triton_fill_noise_")(lambda out, seed: None)
     torch.library.register_fake("fastscore::triton_langevin_corrector_")(_fake_corrector_)
+    torch.library.register_fake("fastscore::triton_update_")(_fake_update_)
     torch.library.register_autograd("fastscore::triton_perturb", _perturb_backward, setup_context=_perturb_setup)
     if backends.HAS_EXTENSION:
         torch.library.register_fake("fastscore::step_")(_fake_step_)
@@ -332,6 +356,7 @@ def _register_meta_and_autograd() -> None:
         torch.library.register_fake("fastscore::fill_noise_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::fill_philox_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::langevin_corrector_")(_fake_corrector_)
+        torch.library.register_fake("fastscore::update_")(_fake_update_)
         torch.library.register_autograd("fastscore::perturb", _perturb_backward, setup_context=_perturb_setup)
 
 
@@ -410,6 +435,28 @@ def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
     c = _coef_column(c, "c", x, nonnegative=False)
     with_noise = noise is not None or isinstance(c, torch.Tensor) or c != 0.0
     return _run_step(x, score, a, b, c, seed, offset, noise, x_mean, with_noise)
+
+
+@_profiled("update")
+def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
+    """Out of place: a*x + b*score + c*z into ``out`` (a new tensor if None); x is not
+    modified. An ODE stage's drift is ``update(y, score, f_t, -g_t**2 / 2)``."""
+    _check_step_args(x, score, noise, None)
+    if out is None:
+        out = torch.empty_like(x)
+    else:
+        _check_like(out, x, "out")
+        if out.data_ptr() == x.data_ptr() and x.numel():
+            raise ValueError("out must not share memory with x (use step_ for an in-place update)")
+    a = _coef_column(a, "a", x, nonnegative=False)
+    b = _coef_column(b, "b", x, nonnegative=False)
+    c = _coef_column(c, "c", x, nonnegative=False)
+    with_noise = noise is not None or isinstance(c, torch.Tensor) or c != 0.0
+    if noise is not None:
+        noise = noise.to(reference.compute_dtype(x.dtype))
+    if x.numel():
+        _impl(x.device).update_(out, x, score, _pack_coef(x, a, b, c), _seed_tensor(seed, offset), noise, with_noise)
+    return out
 
 
 @_profiled("langevin_step_")

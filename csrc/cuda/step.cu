@@ -1,5 +1,5 @@
 // Step family, CUDA: the fused update out = a*x + b*score + c*z behind step_,
-// step_scalar_ (eager fast path) and perturb. Same arithmetic order as the CPU kernel
+// step_scalar_ (eager fast path), update_ (into another tensor) and perturb. Same arithmetic order as the CPU kernel
 // (affine3 in csrc/philox.h), so the bits match it and the reference.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -123,6 +123,17 @@ at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& coef, const at::T
   return out;
 }
 
+void update_cuda(at::Tensor out, const at::Tensor& x, const c10::optional<at::Tensor>& score, const at::Tensor& coef,
+                 const at::Tensor& seed, const c10::optional<at::Tensor>& noise, bool with_noise) {
+  const SeedOffset so = read_seed(seed);
+  check_like(out, x, x.scalar_type(), "out");
+  if (x.numel() == 0) return;
+  const at::Tensor c = checked_coef(coef, x);
+  at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+  fused_update(dst, x, score, &c, kNoScalars, so, noise, nullptr, with_noise);
+  if (!dst.is_same(out)) out.copy_(dst);
+}
+
 }  // namespace
 
 void step_cuda_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const at::Tensor* coef,
@@ -139,6 +150,7 @@ TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
   m.impl("step_", &cuda::step_cuda);
   m.impl("step_scalar_", &cuda::step_scalar_cuda);
   m.impl("perturb", &cuda::perturb_cuda);
+  m.impl("update_", &cuda::update_cuda);
 }
 
 }  // namespace fastscore
