@@ -175,6 +175,36 @@ def _ald_table(sde: SDE, t: torch.Tensor, snr: float) -> list[tuple[float, float
     return list(zip([1.0] * len(t), eps.tolist(), torch.sqrt(eps * 2).tolist()))
 
 
+def _t_grid(t, sde: SDE) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)[:1].cpu()
+    if not (0 <= float(t[0]) <= sde.T):
+        raise ValueError(f"t must be in [0, T={sde.T}], got {float(t[0])}")
+    return t
+
+
+def predictor_step_(x, score, sde, t, predictor="reverse_diffusion", seed=0, offset=0, x_mean=None, noise=None):
+    """One predictor step of score_sde in place at time ``t`` (a float, shared by the
+    batch): x <- a x + b score + c z as one fused op; x_mean gets a x + b score."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+    a, b, c = _predictor_table(sde, predictor, _t_grid(t, sde))[0]
+    return ops.step_(x, score, a, b, c, seed=seed, offset=offset, x_mean=x_mean, noise=noise)
+
+
+def corrector_step_(x, score, sde, t, corrector="langevin", snr=0.16, seed=0, offset=0, step_size_mode="batch",
+                    x_mean=None, noise=None):
+    """One corrector step of score_sde in place at time ``t``: "langevin" (SNR rule) or
+    "ald" (annealed Langevin dynamics), as one fused op."""
+    t = _t_grid(t, sde)
+    if corrector == "langevin":
+        return ops.langevin_corrector_(x, score, float(snr), seed=seed, offset=offset, alpha=_corrector_alphas(sde, t)[0],
+                                       step_size_mode=step_size_mode, x_mean=x_mean, noise=noise)
+    if corrector == "ald":
+        a, b, c = _ald_table(sde, t, float(snr))[0]
+        return ops.step_(x, score, a, b, c, seed=seed, offset=offset, x_mean=x_mean, noise=noise)
+    raise ValueError(f"corrector must be one of {CORRECTORS}, got {corrector!r}")
+
+
 def _check_sde_args(score_fn, sde, shape, eps):
     _check_score_fn(score_fn)
     if not isinstance(sde, SDE):
@@ -371,13 +401,11 @@ def solve_rk45(score_fn, sde, y, t0, t1, rtol, atol, callback=None, field=None):
     t, i = t0, 0
     rejected = False
     while direction * (t1 - t) > 0:
-        h_abs = abs(h)
         min_step = 10 * abs(math.nextafter(t, direction * math.inf) - t)
-        if h_abs < min_step:
-            h_abs = min_step
-        if direction * (t + direction * h_abs - t1) > 0:
-            h_abs = abs(t1 - t)
-        h = direction * h_abs
+        t_new = t + direction * max(abs(h), min_step)
+        if direction * (t_new - t1) > 0:
+            t_new = t1  # land exactly on the end, as scipy does
+        h = t_new - t
         for s in range(1, 6):
             _combine(y, field.stages, _DP_A[s], h, out=y_new)
             field(y_new, t + _DP_C[s] * h, s)
@@ -390,7 +418,7 @@ def solve_rk45(score_fn, sde, y, t0, t1, rtol, atol, callback=None, field=None):
             factor = 10.0 if error_norm == 0 else min(10.0, 0.9 * error_norm ** -0.2)
             if rejected:
                 factor = min(1.0, factor)
-            t = t + h
+            t = t_new
             y, y_new = y_new, y
             field.stages[0].copy_(field.stages[6])  # FSAL
             h = h * factor
