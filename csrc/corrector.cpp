@@ -24,30 +24,47 @@ constexpr int64_t kNormBlock = 16384;  // elements per partial sum; fixed, not p
 constexpr int64_t kChunk = 256;        // elements staged per lane pass
 constexpr int kLanes = 16;
 
+// lanes[l] += v[g + l]^2 over one staged chunk, in float64. Multiversioned like the
+// noise generator: the 16 lanes become two AVX-512 (or four AVX2) double vectors.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void accumulate_sq_f32(const float* v, double* lanes) {
+  for (int64_t g = 0; g < kChunk; g += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(v[g + l]) * static_cast<double>(v[g + l]);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void accumulate_sq_f64(const double* v, double* lanes) {
+  for (int64_t g = 0; g < kChunk; g += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += v[g + l] * v[g + l];
+  }
+}
+
+inline void accumulate_sq(const float* v, double* lanes) { accumulate_sq_f32(v, lanes); }
+inline void accumulate_sq(const double* v, double* lanes) { accumulate_sq_f64(v, lanes); }
+
 // Sums of squares of s[begin, end) and of the noise over the same elements (the stream
-// from global index base + i, or an explicit noise array), in 16 lanes.
+// from global index base + i, or an explicit noise array), in 16 lanes. Values are
+// staged per chunk in their compute type (fp32, or fp64 for fp64 storage).
 template <typename scalar_t, typename noise_t>
 void block_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, int64_t base, int64_t begin,
                    int64_t end, double* ss_out, double* zz_out) {
-  double ss[kLanes] = {0}, zz[kLanes] = {0};
-  alignas(64) double sv[kChunk], zv[kChunk];
+  using opmath_t = at::opmath_type<scalar_t>;
+  alignas(64) double ss[kLanes] = {0}, zz[kLanes] = {0};
+  alignas(64) opmath_t sv[kChunk], zv[kChunk];
   for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
     const int64_t n = std::min(kChunk, end - c0);
-    for (int64_t t = 0; t < n; ++t) sv[t] = static_cast<double>(s[c0 + t]);
+    for (int64_t t = 0; t < n; ++t) sv[t] = static_cast<opmath_t>(s[c0 + t]);
     if (noise != nullptr) {
-      for (int64_t t = 0; t < n; ++t) zv[t] = static_cast<double>(noise[c0 + t]);
+      for (int64_t t = 0; t < n; ++t) zv[t] = static_cast<opmath_t>(noise[c0 + t]);
     } else {
       for_each_noise_tile(so, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
-        for (int64_t t = 0; t < count; ++t) zv[i - c0 + t] = static_cast<double>(z[t]);
+        for (int64_t t = 0; t < count; ++t) zv[i - c0 + t] = static_cast<opmath_t>(z[t]);
       });
     }
-    for (int64_t t = n; t < kChunk; ++t) sv[t] = zv[t] = 0.0;
-    for (int64_t g = 0; g < kChunk; g += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        ss[l] += sv[g + l] * sv[g + l];
-        zz[l] += zv[g + l] * zv[g + l];
-      }
-    }
+    for (int64_t t = n; t < kChunk; ++t) sv[t] = zv[t] = opmath_t(0);
+    accumulate_sq(sv, ss);
+    accumulate_sq(zv, zz);
   }
   double s_total = 0.0, z_total = 0.0;
   for (int l = 0; l < kLanes; ++l) {
@@ -114,16 +131,14 @@ std::vector<double> corrector_coef(const std::vector<double>& ss, const std::vec
   return coef;
 }
 
-void langevin_corrector_cpu(at::Tensor x, const at::Tensor& score, const at::Tensor& alpha, double snr,
-                            const at::Tensor& seed, bool per_sample, const c10::optional<at::Tensor>& noise,
-                            const c10::optional<at::Tensor>& x_mean) {
-  const SeedOffset so = read_seed(seed);
+void corrector_impl(at::Tensor& x, const at::Tensor& score, const double* alpha, int64_t alpha_len, double snr,
+                    const SeedOffset& so, bool per_sample, const c10::optional<at::Tensor>& noise,
+                    const c10::optional<at::Tensor>& x_mean) {
   if (x.numel() == 0) return;
   check_like(score, x, x.scalar_type(), "score");
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  const at::Tensor alpha_c = alpha.to(at::kCPU, at::kDouble).contiguous();
-  TORCH_CHECK(alpha_c.numel() == 1 || alpha_c.numel() == rows, "fastscore: alpha must have 1 or rows entries");
+  TORCH_CHECK(alpha_len == 1 || alpha_len == rows, "fastscore: alpha must have 1 or rows entries");
   const at::Tensor score_c = score.contiguous();
   std::vector<double> ss, zz;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
@@ -136,9 +151,22 @@ void langevin_corrector_cpu(at::Tensor x, const at::Tensor& score, const at::Ten
       row_sq_sums(score_c.data_ptr<scalar_t>(), static_cast<const float*>(nullptr), so, rows, per_row, ss, zz);
     }
   });
-  const std::vector<double> coef =
-      corrector_coef(ss, zz, snr, alpha_c.data_ptr<double>(), alpha_c.numel(), per_sample);
+  const std::vector<double> coef = corrector_coef(ss, zz, snr, alpha, alpha_len, per_sample);
   step_cpu_impl(x, score_c, coef.data(), rows, so, noise, x_mean, true);
+}
+
+void langevin_corrector_cpu(at::Tensor x, const at::Tensor& score, const at::Tensor& alpha, double snr,
+                            const at::Tensor& seed, bool per_sample, const c10::optional<at::Tensor>& noise,
+                            const c10::optional<at::Tensor>& x_mean) {
+  const SeedOffset so = read_seed(seed);
+  const at::Tensor alpha_c = alpha.to(at::kCPU, at::kDouble).contiguous();
+  corrector_impl(x, score, alpha_c.data_ptr<double>(), alpha_c.numel(), snr, so, per_sample, noise, x_mean);
+}
+
+// The eager fast path (scalar alpha, seed and offset as plain arguments).
+void langevin_corrector_scalar_cpu(at::Tensor x, const at::Tensor& score, double alpha, double snr, int64_t seed,
+                                   int64_t offset, bool per_sample, const c10::optional<at::Tensor>& x_mean) {
+  corrector_impl(x, score, &alpha, 1, snr, seed_offset(seed, offset), per_sample, c10::nullopt, x_mean);
 }
 
 }  // namespace
@@ -146,8 +174,13 @@ void langevin_corrector_cpu(at::Tensor x, const at::Tensor& score, const at::Ten
 TORCH_LIBRARY_FRAGMENT(fastscore, m) {
   m.def("langevin_corrector_(Tensor(a!) x, Tensor score, Tensor alpha, float snr, Tensor seed, bool per_sample, "
         "Tensor? noise, Tensor(b!)? x_mean) -> ()");
+  m.def("langevin_corrector_scalar_(Tensor(a!) x, Tensor score, float alpha, float snr, int seed, int offset, "
+        "bool per_sample, Tensor(b!)? x_mean) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fastscore, CPU, m) { m.impl("langevin_corrector_", &langevin_corrector_cpu); }
+TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
+  m.impl("langevin_corrector_", &langevin_corrector_cpu);
+  m.impl("langevin_corrector_scalar_", &langevin_corrector_scalar_cpu);
+}
 
 }  // namespace fastscore

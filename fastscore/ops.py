@@ -206,11 +206,16 @@ class _Compiled:
         torch.ops.fastscore.langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
 
     @staticmethod
+    def langevin_corrector_scalar_(x, score, alpha, snr, seed, offset, per_sample, x_mean):
+        _CORRECTOR_SCALAR(x, score, alpha, snr, seed, offset, per_sample, x_mean)
+
+    @staticmethod
     def step_scalar_(x, score, a, b, c, seed, offset, x_mean, with_noise):
         _STEP_SCALAR(x, score, a, b, c, seed, offset, x_mean, with_noise)
 
 
 _STEP_SCALAR = torch.ops.fastscore.step_scalar_.default if backends.HAS_EXTENSION else None
+_CORRECTOR_SCALAR = torch.ops.fastscore.langevin_corrector_scalar_.default if backends.HAS_EXTENSION else None
 
 
 def _seed_ints(seed_t: torch.Tensor) -> tuple[int, int]:
@@ -356,6 +361,8 @@ def _register_meta_and_autograd() -> None:
         torch.library.register_fake("fastscore::fill_noise_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::fill_philox_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::langevin_corrector_")(_fake_corrector_)
+        torch.library.register_fake("fastscore::langevin_corrector_scalar_")(
+            lambda x, score, alpha, snr, seed, offset, per_sample, x_mean: None)
         torch.library.register_fake("fastscore::update_")(_fake_update_)
         torch.library.register_autograd("fastscore::perturb", _perturb_backward, setup_context=_perturb_setup)
 
@@ -509,10 +516,15 @@ def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mo
     if isinstance(snr, torch.Tensor):
         raise TypeError("snr must be a float")
     alpha = _coef_column(alpha, "alpha", x, nonnegative=True)
-    alpha_t = alpha.reshape(-1) if isinstance(alpha, torch.Tensor) else torch.tensor([alpha], dtype=torch.float64)
+    per_sample = step_size_mode == "per_sample"
+    impl = _impl(x.device)
     if noise is not None:
         noise = noise.to(reference.compute_dtype(x.dtype))
+    elif (type(alpha) is float and type(seed) is int and type(offset) is int and offset >= 0
+          and hasattr(impl, "langevin_corrector_scalar_") and not torch.compiler.is_compiling()):
+        impl.langevin_corrector_scalar_(x, score, alpha, snr, _seed_int64(seed), offset, per_sample, x_mean)
+        return x
+    alpha_t = alpha.reshape(-1) if isinstance(alpha, torch.Tensor) else torch.tensor([alpha], dtype=torch.float64)
     if x.numel():
-        _impl(x.device).langevin_corrector_(x, score, alpha_t, snr, _seed_tensor(seed, offset),
-                                            step_size_mode == "per_sample", noise, x_mean)
+        impl.langevin_corrector_(x, score, alpha_t, snr, _seed_tensor(seed, offset), per_sample, noise, x_mean)
     return x

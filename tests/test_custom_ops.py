@@ -33,6 +33,13 @@ def sample_inputs():
             ("perturb", (x.clone().requires_grad_(dtype != torch.bfloat16), scalar, seed_t(3, 1), None)),
             ("perturb", (x.clone(), per, seed_t(3, 1), torch.randn(3, 5, dtype=cd))),
             ("fill_noise_", (torch.empty(4, 6, dtype=dtype), seed_t(9, 1))),
+            ("update_", (torch.empty_like(x), x, s, per, seed_t(4, 1), None, True)),
+            ("update_", (torch.empty_like(x), x, None, scalar, seed_t(4, 1), torch.randn(3, 5, dtype=cd), True)),
+            ("langevin_corrector_", (x.clone(), s, torch.rand(3, dtype=torch.float64), 0.16, seed_t(2, 3), False,
+                                     None, torch.empty_like(x))),
+            ("langevin_corrector_", (x.clone(), s, torch.ones(1, dtype=torch.float64), 0.2, seed_t(2, 0), True,
+                                     torch.randn(3, 5, dtype=cd), None)),
+            ("langevin_corrector_scalar_", (x.clone(), s, 0.9, 0.16, 5, 2, True, torch.empty_like(x))),
         ]
     out.append(("fill_philox_", (torch.empty(8, 4, dtype=torch.int32), seed_t(9, 2**33))))
     return out

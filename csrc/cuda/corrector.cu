@@ -59,10 +59,8 @@ __global__ void sq_norms_kernel(const scalar_t* score, const noise_t* noise, int
   }
 }
 
-void langevin_corrector_cuda(at::Tensor x, const at::Tensor& score, const at::Tensor& alpha, double snr,
-                             const at::Tensor& seed, bool per_sample, const c10::optional<at::Tensor>& noise,
-                             const c10::optional<at::Tensor>& x_mean) {
-  const SeedOffset so = read_seed(seed);
+void corrector_impl(at::Tensor& x, const at::Tensor& score, const at::Tensor& alpha, double snr, const SeedOffset& so,
+                    bool per_sample, const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& x_mean) {
   if (x.numel() == 0) return;
   check_like(score, x, x.scalar_type(), "score");
   const auto geometry = row_geometry(x);
@@ -95,9 +93,24 @@ void langevin_corrector_cuda(at::Tensor x, const at::Tensor& score, const at::Te
   step_cuda_impl(x, score_c, &coef, unused, so, noise, x_mean, true);
 }
 
+void langevin_corrector_cuda(at::Tensor x, const at::Tensor& score, const at::Tensor& alpha, double snr,
+                             const at::Tensor& seed, bool per_sample, const c10::optional<at::Tensor>& noise,
+                             const c10::optional<at::Tensor>& x_mean) {
+  corrector_impl(x, score, alpha, snr, read_seed(seed), per_sample, noise, x_mean);
+}
+
+void langevin_corrector_scalar_cuda(at::Tensor x, const at::Tensor& score, double alpha, double snr, int64_t seed,
+                                    int64_t offset, bool per_sample, const c10::optional<at::Tensor>& x_mean) {
+  const at::Tensor alpha_t = at::full({1}, alpha, x.options().dtype(at::kDouble));
+  corrector_impl(x, score, alpha_t, snr, seed_offset(seed, offset), per_sample, c10::nullopt, x_mean);
+}
+
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(fastscore, CUDA, m) { m.impl("langevin_corrector_", &cuda::langevin_corrector_cuda); }
+TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
+  m.impl("langevin_corrector_", &cuda::langevin_corrector_cuda);
+  m.impl("langevin_corrector_scalar_", &cuda::langevin_corrector_scalar_cuda);
+}
 
 }  // namespace fastscore
