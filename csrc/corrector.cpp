@@ -1,8 +1,7 @@
 // Corrector family, CPU: score_sde's LangevinCorrector step in two passes, noise
 // regenerated, never stored.
-//   pass 1: per-row sums of squares of score and z (float64), over fixed blocks of the
-//           row with 16 fixed lanes each, so the sum's order (and its bits) does not
-//           depend on the thread count;
+//   pass 1: per-row sums of squares of score and z in float64 (row_reduce.h: the sum's
+//           order, and so its bits, does not depend on the thread count);
 //   host:   eps = (snr * |z| / |s|)^2 * 2 * alpha (batch means or per row), exactly the
 //           operation order of reference.corrector_step_size;
 //   pass 2: the fused update with per-row (1, eps, sqrt(2 eps)) — the step kernel.
@@ -15,45 +14,21 @@
 
 #include "cpu_noise.h"
 #include "philox.h"
+#include "row_reduce.h"
 #include "step_cpu.h"
 
 namespace fastscore {
 namespace {
 
-constexpr int64_t kNormBlock = 16384;  // elements per partial sum; fixed, not per thread
-constexpr int64_t kChunk = 256;        // elements staged per lane pass
-constexpr int kLanes = 16;
-
-// lanes[l] += v[g + l]^2 over one staged chunk, in float64. Multiversioned like the
-// noise generator: the 16 lanes become two AVX-512 (or four AVX2) double vectors.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void accumulate_sq_f32(const float* v, double* lanes) {
-  for (int64_t g = 0; g < kChunk; g += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(v[g + l]) * static_cast<double>(v[g + l]);
-  }
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void accumulate_sq_f64(const double* v, double* lanes) {
-  for (int64_t g = 0; g < kChunk; g += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += v[g + l] * v[g + l];
-  }
-}
-
-inline void accumulate_sq(const float* v, double* lanes) { accumulate_sq_f32(v, lanes); }
-inline void accumulate_sq(const double* v, double* lanes) { accumulate_sq_f64(v, lanes); }
-
-// Sums of squares of s[begin, end) and of the noise over the same elements (the stream
-// from global index base + i, or an explicit noise array), in 16 lanes. Values are
-// staged per chunk in their compute type (fp32, or fp64 for fp64 storage).
+// Per-row sums of squares of the score and of z (the stream, or an explicit noise
+// array), staged in the compute type and reduced in float64 (row_reduce.h).
 template <typename scalar_t, typename noise_t>
-void block_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, int64_t base, int64_t begin,
-                   int64_t end, double* ss_out, double* zz_out) {
+void row_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, int64_t rows, int64_t per_row,
+                 std::vector<double>& ss, std::vector<double>& zz) {
   using opmath_t = at::opmath_type<scalar_t>;
-  alignas(64) double ss[kLanes] = {0}, zz[kLanes] = {0};
-  alignas(64) opmath_t sv[kChunk], zv[kChunk];
-  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, end - c0);
+  const int64_t base = so.offset * per_row;
+  const auto sums = row_block_sums<2>(rows, per_row, [&](int64_t c0, int64_t n, double (*lanes)[kLanes]) {
+    alignas(64) opmath_t sv[kChunk], zv[kChunk];
     for (int64_t t = 0; t < n; ++t) sv[t] = static_cast<opmath_t>(s[c0 + t]);
     if (noise != nullptr) {
       for (int64_t t = 0; t < n; ++t) zv[t] = static_cast<opmath_t>(noise[c0 + t]);
@@ -62,41 +37,16 @@ void block_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so
         for (int64_t t = 0; t < count; ++t) zv[i - c0 + t] = static_cast<opmath_t>(z[t]);
       });
     }
-    for (int64_t t = n; t < kChunk; ++t) sv[t] = zv[t] = opmath_t(0);
-    accumulate_sq(sv, ss);
-    accumulate_sq(zv, zz);
-  }
-  double s_total = 0.0, z_total = 0.0;
-  for (int l = 0; l < kLanes; ++l) {
-    s_total += ss[l];
-    z_total += zz[l];
-  }
-  *ss_out = s_total;
-  *zz_out = z_total;
-}
-
-// Per-row sums of squares: ss[r], zz[r] for r in [0, rows).
-template <typename scalar_t, typename noise_t>
-void row_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, int64_t rows, int64_t per_row,
-                 std::vector<double>& ss, std::vector<double>& zz) {
-  const int64_t blocks_per_row = std::max<int64_t>(1, (per_row + kNormBlock - 1) / kNormBlock);
-  std::vector<double> part_s(rows * blocks_per_row), part_z(rows * blocks_per_row);
-  const int64_t base = so.offset * per_row;
-  at::parallel_for(0, rows * blocks_per_row, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t row = b / blocks_per_row, k = b % blocks_per_row;
-      const int64_t begin = row * per_row + k * kNormBlock;
-      const int64_t end = std::min(row * per_row + per_row, begin + kNormBlock);
-      block_sq_sums(s, noise, so, base, begin, end, &part_s[b], &part_z[b]);
-    }
+    zero_pad(sv, n);
+    zero_pad(zv, n);
+    accumulate_dot(sv, sv, lanes[0]);
+    accumulate_dot(zv, zv, lanes[1]);
   });
-  ss.assign(rows, 0.0);
-  zz.assign(rows, 0.0);
+  ss.resize(rows);
+  zz.resize(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t k = 0; k < blocks_per_row; ++k) {
-      ss[r] += part_s[r * blocks_per_row + k];
-      zz[r] += part_z[r * blocks_per_row + k];
-    }
+    ss[r] = sums[r][0];
+    zz[r] = sums[r][1];
   }
 }
 

@@ -179,6 +179,18 @@ class _Reference:
         reference.langevin_corrector_(x, score, snr, seed, offset, alpha if alpha.numel() > 1 else alpha[0],
                                       per_sample, x_mean, noise)
 
+    def dsm_loss(self, score, coef, seed_t, noise):
+        seed, offset = self._seed(seed_t)
+        return reference.dsm_loss(score, self._coef_row(coef, 0), self._coef_row(coef, 1), seed, offset, noise)
+
+    def dsm_loss_backward(self, grad, score, coef, seed_t, noise):
+        seed, offset = self._seed(seed_t)
+        return reference.dsm_loss_backward(grad, score, self._coef_row(coef, 0), self._coef_row(coef, 1), seed, offset,
+                                           noise)
+
+    def sliced_score_terms(self, score, jv, v, variance_reduction):
+        return reference.sliced_score_terms(score, jv, v, variance_reduction)
+
     def perturb(self, x, coef, seed_t, noise):
         seed, offset = self._seed(seed_t)
         return reference.perturb(x, self._coef_row(coef, 0), self._coef_row(coef, 2), seed, offset, noise)
@@ -198,6 +210,15 @@ class _Compiled:
 
     def perturb(self, x, coef, seed_t, noise):
         return torch.ops.fastscore.perturb(x, coef, seed_t, noise)
+
+    def dsm_loss(self, score, coef, seed_t, noise):
+        return torch.ops.fastscore.dsm_loss(score, coef, seed_t, noise)
+
+    def sliced_score_terms(self, score, jv, v, variance_reduction):
+        return torch.ops.fastscore.sliced_score_terms(score, jv, v, variance_reduction)[0]
+
+    def dsm_loss_backward(self, grad, score, coef, seed_t, noise):
+        return torch.ops.fastscore.dsm_loss_backward(grad, score, coef, seed_t, noise)
 
     def update_(self, out, x, score, coef, seed_t, noise, with_noise):
         torch.ops.fastscore.update_(out, x, score, coef, seed_t, noise, with_noise)
@@ -264,7 +285,48 @@ def _triton_update_(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor | No
     ks.fused_update_(out, x, score, coef, *_seed_ints(seed), noise, None, with_noise)
 
 
+@torch.library.custom_op("fastscore::triton_dsm_loss", mutates_args=())
+def _triton_dsm_loss(score: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor,
+                     noise: torch.Tensor | None) -> torch.Tensor:
+    from fastscore.kernels import dsm as kd
+
+    return kd.dsm_loss(score, coef, *_seed_ints(seed), noise)
+
+
+@torch.library.custom_op("fastscore::triton_dsm_loss_backward", mutates_args=())
+def _triton_dsm_loss_backward(grad: torch.Tensor, score: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor,
+                              noise: torch.Tensor | None) -> torch.Tensor:
+    from fastscore.kernels import dsm as kd
+
+    return kd.dsm_loss_backward(grad, score, coef, *_seed_ints(seed), noise)
+
+
+@torch.library.custom_op("fastscore::triton_sliced_score_terms", mutates_args=())
+def _triton_sliced_score_terms(score: torch.Tensor, jv: torch.Tensor, v: torch.Tensor,
+                               variance_reduction: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from fastscore.kernels import hutchinson as kh
+
+    return kh.sliced_score_terms(score, jv, v, variance_reduction)
+
+
+@torch.library.custom_op("fastscore::triton_sliced_score_terms_backward", mutates_args=())
+def _triton_sliced_score_terms_backward(grad: torch.Tensor, score: torch.Tensor, v: torch.Tensor, dots: torch.Tensor,
+                                        variance_reduction: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from fastscore.kernels import hutchinson as kh
+
+    return kh.sliced_score_terms_backward(grad, score, v, dots, variance_reduction)
+
+
 class _Triton:
+    def sliced_score_terms(self, score, jv, v, variance_reduction):
+        return _triton_sliced_score_terms(score, jv, v, variance_reduction)[0]
+
+    def dsm_loss(self, score, coef, seed_t, noise):
+        return _triton_dsm_loss(score, coef, seed_t, noise)
+
+    def dsm_loss_backward(self, grad, score, coef, seed_t, noise):
+        return _triton_dsm_loss_backward(grad, score, coef, seed_t, noise)
+
     def update_(self, out, x, score, coef, seed_t, noise, with_noise):
         _triton_update_(out, x, score, coef, seed_t, noise, with_noise)
 
@@ -299,6 +361,54 @@ def _impl(device: torch.device):
 
 def _fake_step_(x, score, coef, seed, noise, x_mean, with_noise):
     return None
+
+
+def _fake_dsm_loss(score, coef, seed, noise):
+    rows = score.shape[0] if score.dim() else 1
+    return score.new_empty((rows,), dtype=reference.compute_dtype(score.dtype))
+
+
+def _fake_dsm_loss_backward(grad, score, coef, seed, noise):
+    return torch.empty_like(score, memory_format=torch.contiguous_format)
+
+
+def _dsm_setup(ctx, inputs, output):
+    score, coef, seed, noise = inputs
+    ctx.save_for_backward(score, coef, seed, noise)  # no noise tensor: z is regenerated
+
+
+def _dsm_backward_for(backward_op):
+    def backward(ctx, grad):
+        score, coef, seed, noise = ctx.saved_tensors
+        grad_score = backward_op(grad, score, coef, seed, noise) if ctx.needs_input_grad[0] else None
+        return grad_score, None, None, None
+
+    return backward
+
+
+def _fake_sliced_terms(score, jv, v, variance_reduction):
+    cd = reference.compute_dtype(score.dtype)
+    return score.new_empty((jv.shape[0],), dtype=cd), score.new_empty(jv.shape[:2], dtype=torch.float64)
+
+
+def _fake_sliced_terms_backward(grad, score, v, dots, variance_reduction):
+    return (torch.empty_like(score, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _sliced_setup(ctx, inputs, output):
+    score, jv, v, variance_reduction = inputs
+    ctx.variance_reduction = variance_reduction
+    ctx.save_for_backward(score, v, output[1])
+
+
+def _sliced_backward_for(backward_op):
+    def backward(ctx, grad_terms, grad_dots):
+        score, v, dots = ctx.saved_tensors
+        grad_score, grad_jv = backward_op(grad_terms, score, v, dots, ctx.variance_reduction)
+        return grad_score, grad_jv, None, None
+
+    return backward
 
 
 def _fake_update_(out, x, score, coef, seed, noise, with_noise):
@@ -353,6 +463,15 @@ def _register_meta_and_autograd() -> None:
     torch.library.register_fake("fastscore::triton_fill_noise_")(lambda out, seed: None)
     torch.library.register_fake("fastscore::triton_langevin_corrector_")(_fake_corrector_)
     torch.library.register_fake("fastscore::triton_update_")(_fake_update_)
+    torch.library.register_fake("fastscore::triton_sliced_score_terms")(_fake_sliced_terms)
+    torch.library.register_fake("fastscore::triton_sliced_score_terms_backward")(_fake_sliced_terms_backward)
+    torch.library.register_autograd("fastscore::triton_sliced_score_terms",
+                                    _sliced_backward_for(_triton_sliced_score_terms_backward),
+                                    setup_context=_sliced_setup)
+    torch.library.register_fake("fastscore::triton_dsm_loss")(_fake_dsm_loss)
+    torch.library.register_fake("fastscore::triton_dsm_loss_backward")(_fake_dsm_loss_backward)
+    torch.library.register_autograd("fastscore::triton_dsm_loss", _dsm_backward_for(_triton_dsm_loss_backward),
+                                    setup_context=_dsm_setup)
     torch.library.register_autograd("fastscore::triton_perturb", _perturb_backward, setup_context=_perturb_setup)
     if backends.HAS_EXTENSION:
         torch.library.register_fake("fastscore::step_")(_fake_step_)
@@ -364,6 +483,15 @@ def _register_meta_and_autograd() -> None:
         torch.library.register_fake("fastscore::langevin_corrector_scalar_")(
             lambda x, score, alpha, snr, seed, offset, per_sample, x_mean: None)
         torch.library.register_fake("fastscore::update_")(_fake_update_)
+        torch.library.register_fake("fastscore::sliced_score_terms")(_fake_sliced_terms)
+        torch.library.register_fake("fastscore::sliced_score_terms_backward")(_fake_sliced_terms_backward)
+        torch.library.register_autograd("fastscore::sliced_score_terms",
+                                        _sliced_backward_for(torch.ops.fastscore.sliced_score_terms_backward),
+                                        setup_context=_sliced_setup)
+        torch.library.register_fake("fastscore::dsm_loss")(_fake_dsm_loss)
+        torch.library.register_fake("fastscore::dsm_loss_backward")(_fake_dsm_loss_backward)
+        torch.library.register_autograd("fastscore::dsm_loss", _dsm_backward_for(torch.ops.fastscore.dsm_loss_backward),
+                                        setup_context=_dsm_setup)
         torch.library.register_autograd("fastscore::perturb", _perturb_backward, setup_context=_perturb_setup)
 
 
@@ -528,3 +656,86 @@ def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mo
     if x.numel():
         impl.langevin_corrector_(x, score, alpha_t, snr, _seed_tensor(seed, offset), per_sample, noise, x_mean)
     return x
+
+
+@_profiled("dsm_loss")
+def dsm_loss(score, sigma, seed=0, offset=0, weight=None, noise=None):
+    """Per-sample denoising score matching loss 0.5 * weight * |score + z/sigma|^2 ([B],
+    fp32; fp64 for fp64 score), z regenerated from (seed, offset) — the z that
+    ``perturb(x, sigma, seed, offset)`` added — so no noise tensor is stored, in the
+    forward or in the fused backward. Differentiable w.r.t. score. sigma > 0 and weight:
+    floats or per-sample [B] tensors (treated as constants)."""
+    _check_float_tensor(score, "score")
+    if score.dim() == 0:
+        raise ValueError("score must have a batch dimension [B, ...]")
+    if noise is not None:
+        _check_like(noise, score, "noise", same_dtype=False)
+        noise = noise.to(reference.compute_dtype(score.dtype))
+    sigma = _coef_column(sigma, "sigma", score, nonnegative=True)
+    if isinstance(sigma, float) and sigma == 0.0:
+        raise ValueError("sigma must be > 0 (the loss divides by it)")
+    if (isinstance(sigma, torch.Tensor) and sigma.device.type == "cpu" and not torch.compiler.is_compiling()
+            and bool((sigma == 0).any())):
+        raise ValueError("sigma must be > 0 (the loss divides by it)")
+    weight = _coef_column(1.0 if weight is None else weight, "weight", score, nonnegative=True)
+    inv_sigma = 1.0 / sigma
+    per = any(isinstance(v, torch.Tensor) and v.dim() == 1 for v in (inv_sigma, weight))
+    k = score.shape[0] if per else 1
+    cols = [v.to(score.device).reshape(-1).expand(k) if isinstance(v, torch.Tensor)
+            else torch.full((k,), v, dtype=torch.float64, device=score.device) for v in (inv_sigma, weight)]
+    coef = torch.stack(cols).detach()
+    return _impl(score.device).dsm_loss(score, coef, _seed_tensor(seed, offset), noise)
+
+
+PROBE_DISTS = ("rademacher", "gaussian")
+
+
+@_profiled("probes")
+def probes(shape, seed, offset=0, dist="rademacher", dtype=torch.float32, device="cpu"):
+    """Hutchinson probes from the noise stream's Philox words: "gaussian" is ``noise``;
+    "rademacher" is +1, or -1 where bit 31 of the word behind element j (word j & 3 of
+    counter j >> 2) is set. Rows from ``offset``, as every stream."""
+    if dist == "gaussian":
+        return noise(shape, seed, offset, dtype=dtype, device=device)
+    if dist != "rademacher":
+        raise ValueError(f"dist must be one of {PROBE_DISTS}, got {dist!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    shape = tuple(shape)
+    if any((not isinstance(s, numbers.Integral)) or s < 0 for s in shape):
+        raise ValueError(f"shape must be non-negative ints, got {shape}")
+    rows, per_row = reference.row_geometry(shape)
+    numel = rows * per_row
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype, device=device)
+    _seed_tensor(seed, offset)  # argument checks
+    j0 = int(offset) * per_row
+    c_first, c_last = j0 >> 2, (j0 + numel - 1) >> 2
+    words = philox_words(seed, c_first, c_last - c_first + 1, device=device).reshape(-1)
+    start = j0 - 4 * c_first
+    signs = 1 - 2 * (words[start:start + numel] < 0).to(torch.int8)  # int32 < 0  <=>  bit 31 set
+    return signs.reshape(shape).to(dtype)
+
+
+@_profiled("sliced_score_terms")
+def sliced_score_terms(score, jv, v, variance_reduction=False):
+    """Per-sample sliced score matching terms in one fused pass, mean over P probes:
+    (1/P) sum_p [v_p . jv_p + 0.5 (v_p . s)^2], or with ``variance_reduction`` the
+    0.5 |s|^2 form. score [B, ...]; jv (J v or J^T v) and probes v [B, P, ...].
+    Differentiable in score and jv (fused backward); v is a constant."""
+    _check_float_tensor(score, "score")
+    if score.dim() == 0:
+        raise ValueError("score must have a batch dimension [B, ...]")
+    _check_float_tensor(jv, "jv")
+    _check_float_tensor(v, "v")
+    want = (score.shape[0], jv.shape[1] if jv.dim() > 1 else -1) + tuple(score.shape[1:])
+    if jv.dim() != score.dim() + 1 or tuple(jv.shape) != want:
+        raise ValueError(f"jv must have shape [B, P, ...] = {want[:1] + ('P',) + want[2:]}, got {tuple(jv.shape)}")
+    if v.shape != jv.shape:
+        raise ValueError(f"v must have the shape of jv {tuple(jv.shape)}, got {tuple(v.shape)}")
+    for t, name in ((jv, "jv"), (v, "v")):
+        if t.dtype != score.dtype:
+            raise TypeError(f"{name} must have the dtype of score ({score.dtype}), got {t.dtype}")
+        if t.device != score.device:
+            raise ValueError(f"{name} must be on the device of score ({score.device}), got {t.device}")
+    return _impl(score.device).sliced_score_terms(score, jv, v.detach(), bool(variance_reduction))

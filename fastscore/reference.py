@@ -249,3 +249,60 @@ def langevin_corrector_(x, score, snr, seed, offset=0, alpha=1.0, per_sample=Fal
         eps = eps.expand(x.shape[0])
     eps = eps.reshape(-1) if x.dim() > 0 else eps.reshape(())
     return step_(x, score, 1.0, eps, torch.sqrt(eps * 2.0), seed, offset, x_mean, noise_tensor=z)
+
+
+def dsm_residual(score, inv_sigma, seed, offset=0, noise_tensor=None):
+    """d = score + z / sigma in the compute dtype (z * (1/sigma), then the sum)."""
+    cd = compute_dtype(score.dtype)
+    z = noise(score.shape, seed, offset, device=score.device) if noise_tensor is None else noise_tensor
+    return score.to(cd) + z.to(cd) * per_sample(inv_sigma, score, cd)
+
+
+def _row_weight(weight, like):
+    w = torch.as_tensor(weight, dtype=torch.float64, device=like.device)
+    return w.reshape(-1) if w.dim() else w
+
+
+def dsm_loss(score, inv_sigma, weight, seed, offset=0, noise_tensor=None):
+    """Per-sample 0.5 * w * |score + z/sigma|^2 (float64 row sums, returned in the compute dtype)."""
+    d = dsm_residual(score, inv_sigma, seed, offset, noise_tensor)
+    return (0.5 * _row_weight(weight, score) * row_sq_norms(d)).to(d.dtype)
+
+
+def dsm_loss_backward(grad, score, inv_sigma, weight, seed, offset=0, noise_tensor=None):
+    """d loss_b / d score = (g_b * w_b) * (score + z/sigma), z regenerated."""
+    d = dsm_residual(score, inv_sigma, seed, offset, noise_tensor)
+    gc = (grad.double() * _row_weight(weight, score)).to(d.dtype)
+    return (per_sample(gc, d, d.dtype) * d).to(score.dtype)
+
+
+def rademacher(shape, seed, offset=0, dtype=torch.float32, device="cpu"):
+    """Rademacher probes from the same Philox words: element j is +1, or -1 when bit 31
+    of word (j & 3) at counter j >> 2 is set (rows from ``offset``, as ``noise``)."""
+    shape = tuple(int(s) for s in shape)
+    rows, per_row = row_geometry(shape)
+    numel = rows * per_row
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype, device=device)
+    j0 = int(offset) * per_row
+    c_first, c_last = j0 >> 2, (j0 + numel - 1) >> 2
+    w = torch.stack(philox4x32(seed, torch.arange(c_first, c_last + 1, dtype=torch.int64, device=device)), -1)
+    signs = 1 - 2 * ((w >> 31) & 1)
+    start = j0 - 4 * c_first
+    return signs.reshape(-1)[start : start + numel].reshape(shape).to(dtype)
+
+
+def sliced_score_terms(score, jv, v, variance_reduction=False):
+    """Per-sample sliced score matching terms, mean over P projections:
+    (1/P) sum_p [ v_p . jv_p + 0.5 (v_p . s)^2 ]   (or + 0.5 |s|^2 with variance reduction)
+    score [B, ...], jv and v [B, P, ...]; dot products in float64, result in the compute dtype."""
+    cd = compute_dtype(score.dtype)
+    B, P = jv.shape[0], jv.shape[1]
+    s64 = score.to(cd).double().reshape(B, 1, -1)
+    v64 = v.to(cd).double().reshape(B, P, -1)
+    trace = (v64 * jv.to(cd).double().reshape(B, P, -1)).sum(-1)
+    if variance_reduction:
+        second = 0.5 * (s64[:, 0] ** 2).sum(-1)[:, None]
+    else:
+        second = 0.5 * (v64 * s64).sum(-1) ** 2
+    return (trace + second).mean(1).to(cd)

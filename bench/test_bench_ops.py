@@ -1,0 +1,135 @@
+"""Every public fastscore op on every CPU backend, beside eager PyTorch written the way
+score_sde / NCSN code writes it and beside torch.compile of that same code.
+
+Liger-style: ``setup(op, size, provider)`` builds the inputs and yields the zero-arg
+callable that is timed; one parametrized test times it. Rows:
+
+    op        langevin_step_, step_, perturb, noise
+    size      2x4096 (2-D toy batch), 64x3x32x32 (CIFAR batch), 16x3x256x256
+    provider  cpp, reference  fastscore under fastscore.use_backend(provider)
+              eager           the score_sde / NCSN line (returns a new x, as they do)
+              compile         torch.compile(eager function), default inductor,
+                              dynamic=False (a sampler runs one shape)
+
+Triton is left out on purpose: on CPU it only runs under TRITON_INTERPRET=1, which is a
+correctness tool, not a performance path.
+
+Bytes are the nominal useful bytes of the fused op, the same for every provider so GB/s
+compare as "useful bytes per second": langevin_step_ / step_ read x and score and write x
+(12 N), perturb reads x and writes out (8 N), noise writes (4 N). Eager rows move more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+import fastscore
+from fastscore import backends
+
+OPS = ("langevin_step_", "step_", "perturb", "noise")
+SIZES = {
+    "2x4096": (2, 4096),
+    "64x3x32x32": (64, 3, 32, 32),
+    "16x3x256x256": (16, 3, 256, 256),
+}
+PROVIDERS = ("cpp", "reference", "eager", "compile")
+# Under --benchmark-disable (the CI smoke run, < 60 s) each compile row would cost a fresh
+# inductor compile (1-2 s warm, ~10 s for the first one on a cold cache) to run once.
+SMOKE_COMPILE_SIZE = "2x4096"
+BYTES_PER_ELEMENT = {"langevin_step_": 12, "step_": 12, "perturb": 8, "noise": 4}
+
+SEED = 1234
+EPS = 1e-3  # Langevin step size
+A, B, C = 0.999, 1e-3, 0.05  # step_ coefficients (a != 1 so nobody folds the multiply away)
+SIGMA = 0.5  # perturb noise level
+
+
+# --------------------------------------------------------------------------- eager peers
+# One module-level function per op, as the peer codebases write the update.
+
+
+def eager_langevin_step(x, score):
+    # NCSN anneal_Langevin_dynamics / score_sde LangevinCorrector
+    return x + EPS * score + math.sqrt(2 * EPS) * torch.randn_like(x)
+
+
+def eager_step(x, score):
+    # a reverse-diffusion / Euler-Maruyama predictor: x_mean = a x + b s; x = x_mean + c z
+    return A * x + B * score + C * torch.randn_like(x)
+
+
+def eager_perturb(x):
+    # DSM loss: perturbed = x + sigma * z
+    return x + SIGMA * torch.randn_like(x)
+
+
+def eager_noise(shape):
+    return torch.randn(shape)
+
+
+EAGER = {"langevin_step_": eager_langevin_step, "step_": eager_step, "perturb": eager_perturb, "noise": eager_noise}
+
+
+def _unavailable(provider: str) -> str | None:
+    if provider in ("cpp", "reference"):
+        reasons = backends.not_supported_reasons(provider, torch.device("cpu"))
+        if reasons:
+            return f"backend {provider!r} unavailable: " + "; ".join(reasons)
+    return None
+
+
+@contextlib.contextmanager
+def setup(op: str, size: str, provider: str):
+    """Yield the zero-arg callable that runs ``op`` at ``size`` on ``provider``.
+
+    The fastscore backend is selected around the timed loop (use_backend costs ~1 µs, a
+    few % of a 15 µs row), not inside each call. In-place ops update a preallocated x
+    with a fixed seed; the updates are contractive or slowly diffusing, so x stays finite.
+    """
+    shape = SIZES[size]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    score = torch.randn(shape, generator=gen)
+
+    if provider in ("cpp", "reference"):
+        ops = fastscore.ops
+        fns = {
+            "langevin_step_": lambda: ops.langevin_step_(x, score, EPS, seed=SEED),
+            "step_": lambda: ops.step_(x, score, A, B, C, seed=SEED),
+            "perturb": lambda: ops.perturb(x, SIGMA, seed=SEED),
+            "noise": lambda: fastscore.noise(shape, SEED),
+        }
+        with fastscore.use_backend(provider):
+            yield fns[op]
+        return
+
+    f = EAGER[op]
+    if provider == "compile":
+        f = torch.compile(f, dynamic=False)
+    args = {"langevin_step_": (x, score), "step_": (x, score), "perturb": (x,), "noise": (shape,)}[op]
+    if provider == "compile":
+        f(*args)  # compile once here; run_timed warms up further before timing
+    yield lambda: f(*args)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("op", OPS)
+def test_op(benchmark, run_timed, request, op, size, provider):
+    reason = _unavailable(provider)
+    if reason:
+        pytest.skip(reason)
+    if provider == "compile" and size != SMOKE_COMPILE_SIZE and request.config.getoption("benchmark_disable"):
+        pytest.skip(f"--benchmark-disable smoke run: torch.compile is exercised once per op, at {SMOKE_COMPILE_SIZE}")
+    n = math.prod(SIZES[size])
+    benchmark.group = f"{op} {size}"
+    benchmark.extra_info.update(
+        suite="ops", op=op, size=size, provider=provider, shape=list(SIZES[size]), numel=n,
+        bytes=BYTES_PER_ELEMENT[op] * n, normals=n, threads=torch.get_num_threads(), dtype="float32",
+    )
+    with torch.no_grad(), setup(op, size, provider) as fn:
+        run_timed(fn)
