@@ -231,8 +231,8 @@ def corrector_step_size(sq_score, sq_noise, snr, alpha, per_sample: bool):
 
 def row_sq_norms(t: torch.Tensor) -> torch.Tensor:
     """Per-row sum of squares in float64 (values converted exactly from their dtype)."""
-    rows = row_geometry(t.shape)[0]
-    return (t.double() ** 2).reshape(rows, -1).sum(1)
+    rows, per_row = row_geometry(t.shape)
+    return (t.double() ** 2).reshape(rows, per_row).sum(1)
 
 
 def langevin_corrector_(x, score, snr, seed, offset=0, alpha=1.0, per_sample=False, x_mean=None,
