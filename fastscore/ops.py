@@ -95,6 +95,18 @@ def _pack_coef(x: torch.Tensor, a, b, c) -> torch.Tensor:
     return torch.stack(cols)
 
 
+_M64 = (1 << 64) - 1
+
+
+def derive_seed(seed: int, k: int) -> int:
+    """Seed of the k-th draw of a run (sampler step, loss component): the k-th SplitMix64
+    output from state ``seed`` — a pure integer function, so one seed fixes a whole run."""
+    z = (int(seed) + (k + 1) * 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
 def _seed_int64(seed) -> int:
     """seed mod 2**64 as the two's-complement int64 the kernels take."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):

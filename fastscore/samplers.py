@@ -26,15 +26,7 @@ import torch
 from fastscore import ops
 from fastscore.sde import SDE, VESDE, VPSDE, SubVPSDE
 
-_M64 = (1 << 64) - 1
-
-
-def step_seed(seed: int, k: int) -> int:
-    """Seed of fused op k of a run: the k-th SplitMix64 output from state ``seed``."""
-    z = (int(seed) + (k + 1) * 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
+step_seed = ops.derive_seed
 
 
 def _progress(n: int, show: bool, desc: str):
@@ -361,7 +353,7 @@ def ode_sample(score_fn, sde, shape, method="rk45", rtol=1e-5, atol=1e-5, seed=0
         _check_x0(x_init)
         x = x_init.clone(memory_format=torch.contiguous_format)
     if method == "rk45":
-        x, nfe = solve_rk45(score_fn, sde, x, sde.T, eps, rtol, atol, callback)
+        x, nfe = solve_rk45(ProbabilityFlow(score_fn, sde, x, 7), x, sde.T, eps, rtol, atol, callback)
     else:
         n = sde.N if n_steps is None else n_steps
         _check_count(n, "n_steps")
@@ -387,12 +379,12 @@ def _solve_fixed(score_fn, sde, x, t0, t1, n, method, callback):
     return x, field.nfe
 
 
-def solve_rk45(score_fn, sde, y, t0, t1, rtol, atol, callback=None, field=None):
+def solve_rk45(field, y, t0, t1, rtol, atol, callback=None):
     """Dormand-Prince 5(4) from t0 to t1 on y (any shape), scipy's RK45 controller:
     initial step from scipy's select_initial_step, error norm = RMS over all elements of
     err / (atol + rtol * max(|y|, |y_new|)), safety 0.9, factors in [0.2, 10].
-    Returns (y(t1), number of field evaluations)."""
-    field = field or ProbabilityFlow(score_fn, sde, y, 7)
+    ``field(y, t, k)`` writes dy/dt into ``field.stages[k]`` (7 stages) and counts
+    ``field.nfe``. Returns (y(t1), number of field evaluations)."""
     direction = 1.0 if t1 > t0 else -1.0
     y = y.clone()
     y_new = torch.empty_like(y)
