@@ -37,10 +37,10 @@ void row_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, 
         for (int64_t t = 0; t < count; ++t) zv[i - c0 + t] = static_cast<opmath_t>(z[t]);
       });
     }
-    zero_pad(sv, n);
+    const int64_t padded = zero_pad(sv, n);
     zero_pad(zv, n);
-    accumulate_dot(sv, sv, lanes[0]);
-    accumulate_dot(zv, zv, lanes[1]);
+    accumulate_dot(sv, sv, lanes[0], padded);
+    accumulate_dot(zv, zv, lanes[1], padded);
   });
   ss.resize(rows);
   zz.resize(rows);

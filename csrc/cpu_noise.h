@@ -17,20 +17,42 @@ constexpr int64_t kTileNormals = 4 * kTileCounters;
 // Defined in noise.cpp, compiled for AVX-512, AVX2 and baseline x86-64 (picked at load).
 void normals_tile(uint32_t k0, uint32_t k1, uint64_t counter, float* out);
 
+// The tile of 256 normals starting at `counter` (a multiple of kTileCounters), from a
+// per-thread cache of the last tile made: ops over short rows (a 2-D batch, per-row
+// reductions) ask for the same tile many times in a row. Keyed by (key, counter), so a
+// hit returns exactly what normals_tile would.
+inline const float* cached_tile(uint32_t k0, uint32_t k1, uint64_t counter) {
+  struct Cache {
+    uint32_t k0 = 0, k1 = 0;
+    uint64_t counter = 0;
+    bool valid = false;
+    alignas(64) float buf[kTileNormals];
+  };
+  thread_local Cache cache;
+  if (!cache.valid || cache.counter != counter || cache.k0 != k0 || cache.k1 != k1) {
+    normals_tile(k0, k1, counter, cache.buf);
+    cache.k0 = k0;
+    cache.k1 = k1;
+    cache.counter = counter;
+    cache.valid = true;
+  }
+  return cache.buf;
+}
+
 // Calls fn(i, count, z) for consecutive ranges covering flat elements [begin, end),
-// where z[t] is the stream at global index base + i + t. Elements are independent,
-// so the result does not depend on how [0, N) is split between threads.
+// where z[t] is the stream at global index base + i + t. Tiles are aligned to
+// kTileCounters counters; elements are independent, so the result does not depend on
+// how [0, N) is split between threads.
 template <typename Fn>
 void for_each_noise_tile(const SeedOffset& so, int64_t base, int64_t begin, int64_t end, Fn&& fn) {
-  alignas(64) float buf[kTileNormals];
   int64_t i = begin;
   while (i < end) {
     const int64_t j = base + i;
-    const int64_t counter = j >> 2;
-    normals_tile(so.k0, so.k1, static_cast<uint64_t>(counter), buf);
+    const int64_t counter = (j >> 2) & ~(kTileCounters - 1);
+    const float* tile = cached_tile(so.k0, so.k1, static_cast<uint64_t>(counter));
     const int64_t first = j - 4 * counter;
     const int64_t count = std::min<int64_t>(end - i, kTileNormals - first);
-    fn(i, count, buf + first);
+    fn(i, count, tile + first);
     i += count;
   }
 }

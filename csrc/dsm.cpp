@@ -60,8 +60,7 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, const at::Tensor& coef, const a
       const int64_t row = c0 / per_row;
       alignas(64) opmath_t d[kChunk];
       stage_residual(sp, np, so, so.offset * per_row, c0, n, static_cast<opmath_t>(cf[K == 1 ? 0 : row]), d);
-      zero_pad(d, n);
-      accumulate_dot(d, d, lanes[0]);
+      accumulate_dot(d, d, lanes[0], zero_pad(d, n));
     });
     opmath_t* out = loss.data_ptr<opmath_t>();
     for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<opmath_t>(0.5 * cf[K + (K == 1 ? 0 : r)] * sums[r][0]);

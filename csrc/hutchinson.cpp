@@ -52,19 +52,18 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_cpu(const at::Tensor& score, con
         jj[t] = static_cast<opmath_t>(jp[c0 + t]);
         ss[t] = static_cast<opmath_t>(sp[b * g.D + k0 + t]);
       }
-      zero_pad(vv, n);
+      const int64_t padded = zero_pad(vv, n);
       zero_pad(jj, n);
       zero_pad(ss, n);
-      accumulate_dot(vv, jj, lanes[0]);
-      accumulate_dot(vv, ss, lanes[1]);
+      accumulate_dot(vv, jj, lanes[0], padded);
+      accumulate_dot(vv, ss, lanes[1], padded);
     });
     std::vector<std::array<double, 1>> sq;
     if (variance_reduction) {
       sq = row_block_sums<1>(g.B, g.D, [&](int64_t c0, int64_t n, double (*lanes)[kLanes]) {
         alignas(64) opmath_t ss[kChunk];
         for (int64_t t = 0; t < n; ++t) ss[t] = static_cast<opmath_t>(sp[c0 + t]);
-        zero_pad(ss, n);
-        accumulate_dot(ss, ss, lanes[0]);
+        accumulate_dot(ss, ss, lanes[0], zero_pad(ss, n));
       });
     }
     opmath_t* tp = terms.data_ptr<opmath_t>();

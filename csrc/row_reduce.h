@@ -17,14 +17,17 @@ constexpr int64_t kReduceBlock = 16384;  // elements per partial sum
 constexpr int64_t kChunk = 256;          // elements staged per lane pass
 constexpr int kLanes = 16;
 
-// lanes[l] += a[g + l] * b[g + l] over one full chunk (zero-padded by the caller).
-// Defined in row_reduce.cpp, multiversioned (AVX-512 / AVX2 / baseline).
-void accumulate_dot(const float* a, const float* b, double* lanes);
-void accumulate_dot(const double* a, const double* b, double* lanes);
+// lanes[l] += a[g + l] * b[g + l] for g < n, n a multiple of kLanes (the caller
+// zero-pads with zero_pad). Defined in row_reduce.cpp, multiversioned.
+void accumulate_dot(const float* a, const float* b, double* lanes, int64_t n);
+void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
 
+// Zero-pads buf[n, round_up(n, kLanes)) and returns that rounded length.
 template <typename T>
-inline void zero_pad(T* buf, int64_t n) {
-  for (int64_t t = n; t < kChunk; ++t) buf[t] = T(0);
+inline int64_t zero_pad(T* buf, int64_t n) {
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
+  for (int64_t t = n; t < padded; ++t) buf[t] = T(0);
+  return padded;
 }
 
 // sums[r][k] for rows r: chunk(c0, n, lanes) stages flat elements [c0, c0 + n) of the

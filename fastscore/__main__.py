@@ -81,8 +81,9 @@ def profile(out: str, size: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastscore")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="sample a 2-D Gaussian mixture with fused annealed Langevin")
+    p_demo = sub.add_parser("demo", help="train and sample a score model of a 2-D mixture on fused kernels")
     p_demo.add_argument("--samples", type=int, default=8192)
+    p_demo.add_argument("--train-steps", type=int, default=800)
     p_demo.add_argument("--steps", type=int, default=100, help="Langevin steps per noise level")
     p_demo.add_argument("--png", default="demo.png")
     sub.add_parser("info", help="versions, build, backend per op")
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from fastscore import demo
 
-        demo.run(n_samples=args.samples, n_steps_each=args.steps, png=args.png)
+        demo.run(n_samples=args.samples, n_steps_each=args.steps, train_steps=args.train_steps, png=args.png)
     elif args.command == "info":
         info()
     else:

@@ -42,8 +42,12 @@ def test_cuda_source_compiles_to_exact_ptx(source, flags, tmp_path):
     assert ".entry" in ptx, "no kernel was generated"
     bad = sorted({m.group(0) for m in FORBIDDEN.finditer(ptx)})
     assert not bad, f"{source.name}: inexact instructions in PTX: {bad}"
-    for needed in ("mul.hi.u32", "div.rn.f32", "sqrt.rn.f32", "mul.rn.f32", "add.rn.f32"):
-        assert needed in ptx, f"{source.name}: expected {needed} (Philox / exact Box-Muller) in PTX"
+    needed = ["mul.rn.f32", "add.rn.f32"]  # every float op an explicit round-to-nearest
+    text = source.read_text()
+    if "normals4" in text or "for_each_owned_element" in text:  # draws from the noise stream
+        needed += ["mul.hi.u32", "div.rn.f32", "sqrt.rn.f32"]  # Philox, the exact Box-Muller
+    for instruction in needed:
+        assert instruction in ptx, f"{source.name}: expected {instruction} in PTX"
 
 
 def test_the_check_can_see_a_contracted_fma(tmp_path):
