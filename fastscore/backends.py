@@ -153,3 +153,14 @@ def resolve(device: torch.device) -> str:
         backend = _selected
     _resolved[key] = backend
     return backend
+
+
+def serves_cpu_with_cpp() -> bool:
+    """Fast check for the ops' eager path: does the cpp backend serve CPU tensors now?"""
+    backend = _resolved.get((_selected, "cpu"))
+    if backend is None:
+        try:
+            backend = resolve(torch.device("cpu"))
+        except RuntimeError:
+            return False
+    return backend == "cpp"

@@ -606,10 +606,26 @@ def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
     return out
 
 
+def _lean_cpu_call(x, score, seed, offset) -> bool:
+    """True when an eager call can go straight to the C++ kernel with every check done
+    here in a few attribute reads: plain CPU tensors of one float dtype and shape,
+    int seed/offset, no autograd, the cpp backend selected. Anything else takes the
+    general path (which names the bad argument)."""
+    return (_STEP_SCALAR is not None and type(x) is torch.Tensor and type(score) is torch.Tensor
+            and type(seed) is int and type(offset) is int and 0 <= seed < 1 << 63 and offset >= 0
+            and x.dtype in FLOAT_DTYPES and score.dtype == x.dtype and score.shape == x.shape
+            and x.device.type == "cpu" and score.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or score.requires_grad))
+            and backends.serves_cpu_with_cpp() and not torch.compiler.is_compiling())
+
+
 @_profiled("langevin_step_")
 def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
     """In place: x <- x + eps*score + sqrt(2 eps)*z (unadjusted Langevin); eps >= 0,
     a float or a per-sample [B] tensor. Returns x."""
+    if noise is None and type(step_size) is float and step_size >= 0 and _lean_cpu_call(x, score, seed, offset):
+        _STEP_SCALAR(x, score, 1.0, step_size, math.sqrt(2.0 * step_size), seed, offset, None, True)
+        return x
     _check_step_args(x, score, noise, None)
     if score is None:
         raise TypeError("score must be a tensor shaped like x, got None")
