@@ -576,6 +576,10 @@ def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
     the explicit ``noise`` tensor; ``x_mean`` (optional) receives a*x + b*score.
     a, b, c: floats or per-sample [B] tensors. A scalar c == 0 skips the RNG (ODE step).
     ``score=None`` drops the b term. Returns x."""
+    if (noise is None and x_mean is None and type(a) is float and type(b) is float and type(c) is float
+            and _lean_cpu_call(x, score, seed, offset)):
+        _STEP_SCALAR(x, score, a, b, c, seed, offset, None, c != 0.0)
+        return x
     _check_step_args(x, score, noise, x_mean)
     a = _coef_column(a, "a", x, nonnegative=False)
     b = _coef_column(b, "b", x, nonnegative=False)
@@ -663,6 +667,10 @@ def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mo
     and the second pass regenerates z instead of storing it. ``alpha``: float or [B]
     tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
     Returns x."""
+    if (noise is None and x_mean is None and type(alpha) is float and type(snr) is float and alpha >= 0
+            and snr >= 0 and step_size_mode in STEP_SIZE_MODES and _lean_cpu_call(x, score, seed, offset)):
+        _CORRECTOR_SCALAR(x, score, alpha, snr, seed, offset, step_size_mode == "per_sample", None)
+        return x
     _check_step_args(x, score, noise, x_mean)
     if score is None:
         raise TypeError("score must be a tensor shaped like x, got None")

@@ -236,15 +236,17 @@ def pc_sample(score_fn, sde, shape, predictor="reverse_diffusion", corrector="la
     corr_ald = _ald_table(sde, timesteps, snr) if corrector == "ald" else None
     x_mean = torch.empty_like(x) if denoise else None
     B = x.shape[0]
+    vec_ts = list(timesteps.to(device=x.device, dtype=x.dtype)[:, None].expand(sde.N, B))  # views, made once
+    snr = float(snr)
     k = 0
     for i in _progress(sde.N, progress, "pc_sample"):
-        vec_t = timesteps[i].to(device=x.device, dtype=x.dtype).expand(B)
+        vec_t = vec_ts[i]
         last = i == sde.N - 1
         for j in range(n_corrector_steps if corrector is not None else 0):
             s = _score(score_fn, x, vec_t)
             mean_out = x_mean if (last and predictor is None and j == n_corrector_steps - 1) else None
             if corr_alpha is not None:
-                ops.langevin_corrector_(x, s, float(snr), seed=step_seed(seed, k), offset=offset,
+                ops.langevin_corrector_(x, s, snr, seed=step_seed(seed, k), offset=offset,
                                         alpha=corr_alpha[i], step_size_mode=step_size_mode, x_mean=mean_out)
             else:
                 a, b, c = corr_ald[i]
