@@ -1,0 +1,60 @@
+"""fastscore imports and works without its compiled extension, Triton or a GPU; the
+environment override and `python -m fastscore info` report what serves each op."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_py(code, **env):
+    full_env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_works_without_extension_and_warns_once():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fastscore._C'] = None  # as if the extension was never built\n"
+        "sys.modules['triton'] = None\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    import torch, fastscore\n"
+        "    from fastscore import ops, reference\n"
+        "    z = fastscore.noise((3, 5), seed=1)\n"
+        "    x = torch.zeros(3, 5); ops.langevin_step_(x, torch.ones(3, 5), 0.1, seed=2)\n"
+        "    ops.perturb(x, 0.5, seed=3)\n"
+        "assert torch.equal(z, reference.noise((3, 5), 1))\n"
+        "assert fastscore.available_backends() == ['reference'], fastscore.available_backends()\n"
+        "msgs = [str(m.message) for m in w if 'reference backend' in str(m.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "print('ok')\n"
+    )
+    proc = run_py(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_environment_override_selects_the_backend():
+    proc = run_py("import fastscore; print(fastscore.get_backend())", FASTSCORE_BACKEND="reference")
+    assert proc.stdout.strip() == "reference", proc.stderr[-2000:]
+    proc = run_py("import fastscore", FASTSCORE_BACKEND="gpu-please")
+    assert proc.returncode != 0 and "unknown backend" in proc.stderr
+
+
+def test_info_reports_versions_build_and_backends():
+    proc = subprocess.run([sys.executable, "-m", "fastscore", "info"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for needle in ("torch", "triton", "extension", "cpu", "cuda", "serves"):
+        assert needle in proc.stdout
+
+
+def test_profile_command_prints_a_per_op_table(tmp_path):
+    trace = tmp_path / "trace.json"
+    proc = subprocess.run([sys.executable, "-m", "fastscore", "profile", "--out", str(trace), "--size", "4x8"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fastscore::langevin_step_" in proc.stdout and trace.stat().st_size > 0
