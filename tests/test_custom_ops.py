@@ -40,6 +40,18 @@ def sample_inputs():
             ("langevin_corrector_", (x.clone(), s, torch.ones(1, dtype=torch.float64), 0.2, seed_t(2, 0), True,
                                      torch.randn(3, 5, dtype=cd), None)),
             ("langevin_corrector_scalar_", (x.clone(), s, 0.9, 0.16, 5, 2, True, torch.empty_like(x))),
+            ("dsm_loss", (s.clone().requires_grad_(dtype != torch.bfloat16), per[:2].abs() + 0.1, seed_t(6, 1),
+                          None)),
+            ("dsm_loss", (s.clone(), torch.tensor([[2.0], [0.5]], dtype=torch.float64), seed_t(6, 0),
+                          torch.randn(3, 5, dtype=cd))),
+            ("dsm_loss_backward", (torch.rand(3, dtype=cd), s, per[:2].abs() + 0.1, seed_t(6, 1), None)),
+            ("sliced_score_terms", (s.clone().requires_grad_(dtype != torch.bfloat16),
+                                    torch.randn(3, 2, 5, dtype=dtype).requires_grad_(dtype != torch.bfloat16),
+                                    torch.randn(3, 2, 5, dtype=dtype), False)),
+            ("sliced_score_terms", (s.clone(), torch.randn(3, 4, 5, dtype=dtype), torch.randn(3, 4, 5, dtype=dtype),
+                                    True)),
+            ("sliced_score_terms_backward", (torch.rand(3, dtype=cd), s, torch.randn(3, 2, 5, dtype=dtype),
+                                             torch.randn(3, 2, dtype=torch.float64), False)),
         ]
     out.append(("fill_philox_", (torch.empty(8, 4, dtype=torch.int32), seed_t(9, 2**33))))
     return out
@@ -64,6 +76,17 @@ def test_opcheck_triton_ops():
     torch.library.opcheck(torch.ops.fastscore.triton_perturb.default, (x, coef, seed_t(1, 0), None), test_utils=tests)
     torch.library.opcheck(torch.ops.fastscore.triton_fill_noise_.default, (torch.empty(3, 4), seed_t(2, 1)),
                           test_utils=tests)
+    torch.library.opcheck(torch.ops.fastscore.triton_update_.default,
+                          (torch.empty(3, 5), x, torch.randn(3, 5), coef, seed_t(1, 0), None, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.fastscore.triton_langevin_corrector_.default,
+                          (x.clone(), torch.randn(3, 5), torch.rand(3, dtype=torch.float64), 0.16, seed_t(1, 0), False,
+                           None, torch.empty_like(x)), test_utils=tests)
+    torch.library.opcheck(torch.ops.fastscore.triton_dsm_loss.default,
+                          (torch.randn(3, 5, requires_grad=True), coef[:2].abs() + 0.1, seed_t(4, 2), None),
+                          test_utils=tests)
+    torch.library.opcheck(torch.ops.fastscore.triton_sliced_score_terms.default,
+                          (torch.randn(3, 5, requires_grad=True), torch.randn(3, 2, 5, requires_grad=True),
+                           torch.randn(3, 2, 5), False), test_utils=tests)
 
 
 def _sampler_step(x, s, seed, eps):
