@@ -10,12 +10,15 @@
   in the terminal summary.
 
 Tests describe themselves through ``benchmark.extra_info``:
-    suite     "ops" | "generator"
-    op, size, provider            the row; speed-ups compare rows with equal (op, size)
+    suite     "ops" | "generator" | "samplers" | "sampler_step" | "losses"
+    op, size, provider            the row; speed-ups compare rows with equal (suite, op, size)
                                   against provider "eager" and "compile"
     bytes     nominal useful bytes moved per call (see README.md)
     normals   elements that draw a normal per call
     threads   intra-op threads the row ran with
+    steps     sampler steps per call (sampler suites): the summary adds ``us_per_step`` and
+              the speed-ups compare time PER STEP, so rows run with different step counts
+              (the slow reference backend runs fewer) stay comparable
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-PLOT_PATH = RESULTS_DIR / "ops.png"
+PLOT_PATH = RESULTS_DIR / "ops.png"  # ops + generator; samplers.png and losses.png beside it
 THREADS = 2
 
 torch.set_num_threads(THREADS)
@@ -44,6 +47,10 @@ if importlib.util.find_spec("fastscore") is None:
 OP_ORDER = ("langevin_step_", "step_", "perturb", "noise")
 SIZE_ORDER = ("2x4096", "64x3x32x32", "16x3x256x256")
 PROVIDER_ORDER = ("cpp", "reference", "eager", "compile")
+SAMPLER_SUITES = ("samplers", "sampler_step")  # whole runs on an analytic score; per step, zero-cost score
+SAMPLER_ORDER = ("annealed_langevin", "pc")
+LOSS_ORDER = ("anneal_dsm", "sliced_sm", "sliced_terms", "log_likelihood")
+FUSED_PROVIDER_ORDER = ("fused", "reference", "eager", "compile")
 
 COPY_BYTES = 256 << 20  # source tensor size; one copy moves 2x this (read + write)
 
@@ -134,6 +141,12 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 1000
 MIN_ROUND_S = 2e-4  # batch fast calls so one round lasts >= 200 µs (timer noise << 1%)
 
 
+def plan_long_rounds(per_call_s: float, budget_s: float, max_rounds: int = 5) -> int:
+    """Rounds of one call each for rows that last 0.1 s - several s (whole sampler runs):
+    as many as fit in ``budget_s``, at least 1, at most ``max_rounds``."""
+    return max(1, min(max_rounds, int(budget_s / max(per_call_s, 1e-9))))
+
+
 def plan_rounds(fn, budget_s: float = BUDGET_S) -> tuple[int, int]:
     """Warm ``fn`` up (two calls), estimate its time per call, and pick (rounds,
     iterations) so the timed part lasts about ``budget_s`` but never fewer than
@@ -156,17 +169,43 @@ def plan_rounds(fn, budget_s: float = BUDGET_S) -> tuple[int, int]:
 @pytest.fixture
 def run_timed(benchmark, request):
     """``run_timed(fn)``: time a zero-arg callable with benchmark.pedantic after a warm-up,
-    or call it once under --benchmark-disable (the CI smoke run)."""
+    or call it once under --benchmark-disable (the CI smoke run).
 
-    def run(fn, budget_s: float = BUDGET_S):
+    ``run_timed(fn, rounds=n)`` skips the planner (and its three warm-up calls): for
+    long rows the caller warms up on a shorter run of the same code and picks n itself
+    (``plan_long_rounds``); each round is one call."""
+
+    def run(fn, budget_s: float = BUDGET_S, rounds: int | None = None):
         if benchmarks_disabled(request.config):
             return benchmark(fn)  # disabled: a single plain call
-        rounds, iterations = plan_rounds(fn, budget_s)
+        if rounds is None:
+            rounds, iterations = plan_rounds(fn, budget_s)
+        else:
+            iterations = 1
         before = cpu_snapshot()
         result = benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
         benchmark.extra_info.update(rounds=rounds, iterations=iterations,
                                     other_load_cores=other_load(before, cpu_snapshot()))
         return result
+
+    return run
+
+
+@pytest.fixture
+def run_long(run_timed, request):
+    """``run_long(fn, warm, scale)`` for rows of 0.1 s - several s (whole sampler runs):
+    call ``warm`` (a short run of the same code) twice, estimate fn's time as ``scale``
+    times the second call, then time 1-5 rounds of one call each within ``budget_s``.
+    Under --benchmark-disable: one plain call of fn, no warm-up."""
+
+    def run(fn, warm, scale: float, budget_s: float = 3.0, max_rounds: int = 5):
+        if benchmarks_disabled(request.config):
+            return run_timed(fn)
+        warm()
+        t0 = time.perf_counter()
+        warm()
+        estimate = (time.perf_counter() - t0) * scale
+        return run_timed(fn, rounds=plan_long_rounds(estimate, budget_s, max_rounds))
 
     return run
 
@@ -185,6 +224,12 @@ def _key(info: dict) -> tuple:
     return info.get("suite"), info.get("op"), info.get("size")
 
 
+def _per_step(info: dict, median: float) -> float:
+    """Median seconds per unit of work: per sampler step when the row says how many
+    steps it ran (``steps``), else per call."""
+    return median / (info.get("steps") or 1)
+
+
 def annotate(config) -> list:
     """Add derived metrics to every finished benchmark's extra_info (idempotent)."""
     benches = _session_benchmarks(config)
@@ -193,10 +238,14 @@ def annotate(config) -> list:
     medians = {}
     for b in benches:
         info = b.extra_info
-        medians[_key(info) + (info.get("provider"),)] = b.stats.median
+        medians[_key(info) + (info.get("provider"),)] = _per_step(info, b.stats.median)
     for b in benches:
         info, med = b.extra_info, b.stats.median
         info["median_us"] = med * 1e6
+        if info.get("steps"):
+            info["us_per_step"] = med * 1e6 / info["steps"]
+            if info.get("ops_us_per_step") is not None:  # fused ops alone, timed by the test
+                info["loop_us_per_step"] = info["us_per_step"] - info["ops_us_per_step"]
         if info.get("bytes") is not None and med > 0:
             gbps = info["bytes"] / med / 1e9
             info["GBps"] = gbps
@@ -205,9 +254,10 @@ def annotate(config) -> list:
         if info.get("normals") and med > 0:
             info["normals_per_s"] = info["normals"] / med
             info["normals_per_s_per_thread"] = info["normals"] / med / max(1, info.get("threads", THREADS))
+        unit = _per_step(info, med)
         for base in ("eager", "compile"):
             ref = medians.get(_key(info) + (base,))
-            info[f"speedup_vs_{base}"] = ref / med if ref and med > 0 else None
+            info[f"speedup_vs_{base}"] = ref / unit if ref and unit > 0 else None
     return benches
 
 
@@ -219,8 +269,8 @@ def pytest_sessionfinish(session, exitstatus):
     benches = _session_benchmarks(session.config)
     if benches:
         try:
-            write_plot(benches, session.config.stash.get(_copy_key, None))
-            session.config.stash[_plot_key] = str(PLOT_PATH)
+            paths = write_plot(benches, session.config.stash.get(_copy_key, None))
+            session.config.stash[_plot_key] = ", ".join(str(p) for p in paths)
         except Exception as e:  # a plot must never fail the run
             session.config.stash[_plot_key] = f"(plot failed: {e!r})"
     return result
@@ -245,7 +295,9 @@ def _order(seq, order):
     return sorted(seq, key=lambda v: (order.index(v) if v in order else len(order), str(v)))
 
 
-def write_plot(benches, copy) -> None:
+def write_plot(benches, copy) -> list[Path]:
+    """One PNG per family that ran: ops.png (ops + generator, as before), samplers.png
+    (µs per step), losses.png; a run of one file leaves the others' PNGs alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,20 +306,41 @@ def write_plot(benches, copy) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     ops_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "ops"]
     gen_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "generator"]
-    panels = [(op, [r for r in ops_rows if r["op"] == op]) for op in _order({r["op"] for r in ops_rows}, OP_ORDER)]
+    per_call = "median µs per call (log)"
+    panels = [(op, [r for r in ops_rows if r["op"] == op], "median_us", per_call)
+              for op in _order({r["op"] for r in ops_rows}, OP_ORDER)]
     if gen_rows:
-        panels.append(("noise generator (2**22 normals)", gen_rows))
-    if not panels:
-        return
-    colors = {"cpp": "tab:blue", "reference": "tab:gray", "eager": "tab:orange", "compile": "tab:green"}
+        panels.append(("noise generator (2**22 normals)", gen_rows, "median_us", per_call))
+    sampler_panels, loss_panels = [], []
+    for suite, what in (("samplers", "analytic score"), ("sampler_step", "zero-cost score")):
+        rows = [b.extra_info for b in benches if b.extra_info.get("suite") == suite]
+        for op in _order({r["op"] for r in rows}, SAMPLER_ORDER):
+            sampler_panels.append((f"{op}, {what}", [r for r in rows if r["op"] == op], "us_per_step",
+                                   "µs per step (log)"))
+    loss_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "losses"]
+    for op in _order({r["op"] for r in loss_rows}, LOSS_ORDER):
+        loss_panels.append((f"{op} (fwd+bwd)" if op != "log_likelihood" else op,
+                            [r for r in loss_rows if r["op"] == op], "median_us", per_call))
+    written = []
+    for path, group in ((PLOT_PATH, panels), (RESULTS_DIR / "samplers.png", sampler_panels),
+                        (RESULTS_DIR / "losses.png", loss_panels)):
+        if group:
+            _plot_panels(plt, group, copy, path)
+            written.append(path)
+    return written
+
+
+def _plot_panels(plt, panels, copy, path) -> None:
+    colors = {"cpp": "tab:blue", "fused": "tab:blue", "reference": "tab:gray", "eager": "tab:orange",
+              "compile": "tab:green"}
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (title, rows) in zip(axes.flat, panels):
+    for ax, (title, rows, metric, ylabel) in zip(axes.flat, panels):
         sizes = _order({r["size"] for r in rows}, SIZE_ORDER)
-        providers = _order({r["provider"] for r in rows}, PROVIDER_ORDER)
+        providers = _order({r["provider"] for r in rows}, ("cpp",) + FUSED_PROVIDER_ORDER)
         width = 0.8 / max(1, len(providers))
         for j, p in enumerate(providers):
             xs, ys, busy = [], [], []
@@ -275,7 +348,7 @@ def write_plot(benches, copy) -> None:
                 hit = [r for r in rows if r["size"] == s and r["provider"] == p]
                 if hit:
                     xs.append(i + (j - (len(providers) - 1) / 2) * width)
-                    ys.append(hit[0]["median_us"])
+                    ys.append(hit[0][metric])
                     busy.append((hit[0].get("other_load_cores") or 0) > BUSY_FLAG)
             bars = ax.bar(xs, ys, width, label=p, color=colors.get(p))
             for bar, y, b in zip(bars, ys, busy):
@@ -285,15 +358,15 @@ def write_plot(benches, copy) -> None:
         ax.set_xticks(range(len(sizes)))
         ax.set_xticklabels(sizes, fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.set_ylabel("median µs per call (log)")
+        ax.set_ylabel(ylabel)
         ax.margins(y=0.15)
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=7)
     bw = f"copy bandwidth {copy['copy_GBps']:.1f} GB/s, " if copy else ""
-    fig.suptitle(f"fastscore on CPU, fp32, {THREADS} threads: median µs per call, lower is better "
+    fig.suptitle(f"fastscore on CPU, fp32, {THREADS} threads: median µs, lower is better "
                  f"({bw}'!' = other processes busy during the row)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(PLOT_PATH, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -345,7 +418,13 @@ def format_table(benches, copy) -> list[str]:
                 f"{r['normals_per_s'] / 1e6:>10.0f} {r['normals_per_s_per_thread'] / 1e6:>15.0f} "
                 f"{_fmt(r.get('GBps'), '.2f'):>6} {_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_busy(r)}"
             )
-    rows = ops_rows + gen_rows
+    sampler_rows = [b.extra_info for b in benches if b.extra_info.get("suite") in SAMPLER_SUITES]
+    if sampler_rows:
+        lines += [""] + format_sampler_table(sampler_rows)
+    loss_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "losses"]
+    if loss_rows:
+        lines += [""] + format_loss_table(loss_rows)
+    rows = ops_rows + gen_rows + sampler_rows + loss_rows
     flagged = [r for r in rows if (r.get("other_load_cores") or 0) > BUSY_FLAG]
     lines.append("")
     lines.append(f"busy = cores other processes kept busy while the row was timed; '!' above {BUSY_FLAG}.")
@@ -354,6 +433,60 @@ def format_table(benches, copy) -> list[str]:
             f"WARNING: {len(flagged)} of {len(rows)} rows ran beside other work on this {os.cpu_count()}-core "
             "machine; their times are not the kernels' (rerun on a quiet machine)."
         )
+    return lines
+
+
+def _rank(v, order) -> int:
+    return order.index(v) if v in order else len(order)
+
+
+def format_sampler_table(rows) -> list[str]:
+    """Whole sampler runs (suite "samplers", analytic score) and the per-step cost with a
+    zero-cost score (suite "sampler_step"); speed-ups are per step."""
+    rows = sorted(rows, key=lambda r: (_rank(r["suite"], SAMPLER_SUITES), _rank(r["op"], SAMPLER_ORDER),
+                                       _rank(r["size"], SIZE_ORDER), _rank(r["provider"], FUSED_PROVIDER_ORDER)))
+    head = (f"{'sampler':<18} {'score':<9} {'size':<11} {'provider':<10} {'steps':>6} {'median ms':>10} "
+            f"{'µs/step':>9} {'ops µs':>7} {'loop µs':>7} {'x-vs-eager':>10} {'busy':>5}")
+    lines = [head, "-" * len(head)]
+    prev = None
+    for r in rows:
+        if prev is not None and (r["suite"], r["op"], r["size"]) != prev:
+            lines.append("")
+        prev = (r["suite"], r["op"], r["size"])
+        lines.append(
+            f"{r['op']:<18} {r.get('score', '-'):<9} {r['size']:<11} {r['provider']:<10} {r['steps']:>6} "
+            f"{r['median_us'] / 1e3:>10.2f} {r['us_per_step']:>9.1f} {_fmt(r.get('ops_us_per_step'), '.1f'):>7} "
+            f"{_fmt(r.get('loop_us_per_step'), '.1f'):>7} {_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_busy(r)}"
+        )
+    lines.append("steps: annealed_langevin = levels x steps each (1 score + 1 update); pc = sde.N "
+                 "(corrector + predictor, 2 scores). x-vs-eager compares µs/step. ops µs: the step's fused ops "
+                 "alone, back to back; loop µs = µs/step - ops µs (the sampler's Python per step).")
+    return lines
+
+
+def format_loss_table(rows) -> list[str]:
+    """Loss forward+backward rows and the likelihood: time, speed-up, bytes saved for
+    backward, profiler peak of extra memory, and the ODE's function evaluations."""
+    rows = sorted(rows, key=lambda r: (_rank(r["op"], LOSS_ORDER), _rank(r["size"], SIZE_ORDER), str(r["size"]),
+                                       _rank(r["provider"], FUSED_PROVIDER_ORDER)))
+    head = (f"{'loss':<15} {'size':<22} {'provider':<9} {'median ms':>10} {'x-vs-eager':>10} "
+            f"{'saved MB':>9} {'new BxD':>7} {'peak MB':>8} {'NFE':>5} {'busy':>5}")
+    lines = [head, "-" * len(head)]
+    prev = None
+    for r in rows:
+        if prev is not None and (r["op"], r["size"]) != prev:
+            lines.append("")
+        prev = (r["op"], r["size"])
+        mb = (lambda k: _fmt(r.get(k) and r[k] / 1e6, ".2f") if r.get(k) is not None else "-")
+        lines.append(
+            f"{r['op']:<15} {r['size']:<22} {r['provider']:<9} {r['median_us'] / 1e3:>10.3f} "
+            f"{_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {mb('saved_bytes'):>9} "
+            f"{_fmt(r.get('saved_new_bxd'), 'd'):>7} {mb('peak_extra_bytes'):>8} {_fmt(r.get('nfe'), 'd'):>5} "
+            f"{_busy(r)}"
+        )
+    lines.append("saved MB: distinct storages autograd saved for backward (saved_tensors_hooks); new BxD: "
+                 "saved tensors of >= B*D elements that are not the inputs/parameters (e.g. a noise tensor); "
+                 "peak MB: torch.profiler peak of memory allocated during fwd+bwd, above the start.")
     return lines
 
 
