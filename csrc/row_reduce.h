@@ -16,6 +16,7 @@ namespace fastscore {
 constexpr int64_t kReduceBlock = 16384;  // elements per partial sum
 constexpr int64_t kChunk = 256;          // elements staged per lane pass
 constexpr int kLanes = 16;
+constexpr int64_t kReduceGrain = 8192;  // elements per parallel task
 
 // lanes[l] += a[g + l] * b[g + l] for g < n, n a multiple of kLanes (the caller
 // zero-pads with zero_pad). Defined in row_reduce.cpp, multiversioned.
@@ -36,7 +37,9 @@ template <int NSUM, typename ChunkFn>
 std::vector<std::array<double, NSUM>> row_block_sums(int64_t rows, int64_t per_row, ChunkFn&& chunk) {
   const int64_t blocks_per_row = std::max<int64_t>(1, (per_row + kReduceBlock - 1) / kReduceBlock);
   std::vector<std::array<double, NSUM>> partial(rows * blocks_per_row);
-  at::parallel_for(0, rows * blocks_per_row, 1, [&](int64_t b0, int64_t b1) {
+  // Grain in blocks worth ~kReduceGrain elements: short rows are not worth a thread each.
+  const int64_t grain = std::max<int64_t>(1, kReduceGrain / std::min(std::max<int64_t>(per_row, 1), kReduceBlock));
+  at::parallel_for(0, rows * blocks_per_row, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = b / blocks_per_row, k = b % blocks_per_row;
       const int64_t begin = row * per_row + k * kReduceBlock;
