@@ -143,6 +143,16 @@ at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& coef, const at::Te
   return out;
 }
 
+// perturb's eager fast path: scalar coefficients and seed as plain arguments.
+at::Tensor perturb_scalar_cpu(const at::Tensor& x, double mean_scale, double sigma, int64_t seed, int64_t offset) {
+  const SeedOffset so = seed_offset(seed, offset);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return out;
+  const double coef[3] = {mean_scale, 0.0, sigma};
+  fused_update(out, x, c10::nullopt, coef, 1, so, c10::nullopt, nullptr, true);
+  return out;
+}
+
 // out <- a*x + b*score + c*z, x untouched (an ODE stage's drift, a perturbation with score).
 void update_cpu(at::Tensor out, const at::Tensor& x, const c10::optional<at::Tensor>& score, const at::Tensor& coef,
                 const at::Tensor& seed, const c10::optional<at::Tensor>& noise, bool with_noise) {
@@ -171,6 +181,7 @@ TORCH_LIBRARY_FRAGMENT(fastscore, m) {
   m.def("step_scalar_(Tensor(a!) x, Tensor? score, float a, float b, float c, int seed, int offset, "
         "Tensor(b!)? x_mean, bool with_noise) -> ()");
   m.def("perturb(Tensor x, Tensor coef, Tensor seed, Tensor? noise) -> Tensor");
+  m.def("perturb_scalar(Tensor x, float mean_scale, float sigma, int seed, int offset) -> Tensor");
   m.def("update_(Tensor(a!) out, Tensor x, Tensor? score, Tensor coef, Tensor seed, Tensor? noise, "
         "bool with_noise) -> ()");
 }
@@ -179,6 +190,7 @@ TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
   m.impl("step_", &step_cpu);
   m.impl("step_scalar_", &step_scalar_cpu);
   m.impl("perturb", &perturb_cpu);
+  m.impl("perturb_scalar", &perturb_scalar_cpu);
   m.impl("update_", &update_cpu);
 }
 

@@ -249,6 +249,7 @@ class _Compiled:
 
 _STEP_SCALAR = torch.ops.fastscore.step_scalar_.default if backends.HAS_EXTENSION else None
 _CORRECTOR_SCALAR = torch.ops.fastscore.langevin_corrector_scalar_.default if backends.HAS_EXTENSION else None
+_PERTURB_SCALAR = torch.ops.fastscore.perturb_scalar.default if backends.HAS_EXTENSION else None
 
 
 def _seed_ints(seed_t: torch.Tensor) -> tuple[int, int]:
@@ -489,6 +490,8 @@ def _register_meta_and_autograd() -> None:
         torch.library.register_fake("fastscore::step_")(_fake_step_)
         torch.library.register_fake("fastscore::step_scalar_")(lambda x, score, a, b, c, seed, offset, x_mean, w: None)
         torch.library.register_fake("fastscore::perturb")(_fake_perturb)
+        torch.library.register_fake("fastscore::perturb_scalar")(
+            lambda x, mean_scale, sigma, seed, offset: torch.empty_like(x, memory_format=torch.contiguous_format))
         torch.library.register_fake("fastscore::fill_noise_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::fill_philox_")(lambda out, seed: None)
         torch.library.register_fake("fastscore::langevin_corrector_")(_fake_corrector_)
@@ -643,6 +646,9 @@ def perturb(x, sigma, seed=0, offset=0, mean_scale=1.0, noise=None):
     """mean_scale*x + sigma*z (out of place, differentiable in x, sigma, mean_scale);
     sigma >= 0, floats or per-sample [B] tensors. The same (seed, offset) gives
     ``dsm_loss`` the same z."""
+    if (noise is None and type(sigma) is float and type(mean_scale) is float and sigma >= 0
+            and _lean_cpu_call(x, x, seed, offset)):  # x needs no grad here: no autograd graph to build
+        return _PERTURB_SCALAR(x, mean_scale, sigma, seed, offset)
     _check_float_tensor(x, "x")
     if noise is not None:
         _check_like(noise, x, "noise", same_dtype=False)

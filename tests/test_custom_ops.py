@@ -40,6 +40,7 @@ def sample_inputs():
             ("langevin_corrector_", (x.clone(), s, torch.ones(1, dtype=torch.float64), 0.2, seed_t(2, 0), True,
                                      torch.randn(3, 5, dtype=cd), None)),
             ("langevin_corrector_scalar_", (x.clone(), s, 0.9, 0.16, 5, 2, True, torch.empty_like(x))),
+            ("perturb_scalar", (x.clone(), 0.8, 0.3, 2**40, 3)),
             ("dsm_loss", (s.clone().requires_grad_(dtype != torch.bfloat16), per[:2].abs() + 0.1, seed_t(6, 1),
                           None)),
             ("dsm_loss", (s.clone(), torch.tensor([[2.0], [0.5]], dtype=torch.float64), seed_t(6, 0),

@@ -123,6 +123,15 @@ at::Tensor perturb_cuda(const at::Tensor& x, const at::Tensor& coef, const at::T
   return out;
 }
 
+at::Tensor perturb_scalar_cuda(const at::Tensor& x, double mean_scale, double sigma, int64_t seed, int64_t offset) {
+  const SeedOffset so = seed_offset(seed, offset);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return out;
+  const double coef[3] = {mean_scale, 0.0, sigma};
+  fused_update(out, x, c10::nullopt, nullptr, coef, so, c10::nullopt, nullptr, true);
+  return out;
+}
+
 void update_cuda(at::Tensor out, const at::Tensor& x, const c10::optional<at::Tensor>& score, const at::Tensor& coef,
                  const at::Tensor& seed, const c10::optional<at::Tensor>& noise, bool with_noise) {
   const SeedOffset so = read_seed(seed);
@@ -150,6 +159,7 @@ TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
   m.impl("step_", &cuda::step_cuda);
   m.impl("step_scalar_", &cuda::step_scalar_cuda);
   m.impl("perturb", &cuda::perturb_cuda);
+  m.impl("perturb_scalar", &cuda::perturb_scalar_cuda);
   m.impl("update_", &cuda::update_cuda);
 }
 
