@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../op_common.h"
+#include "reduce.cuh"
 #include "step_cuda.h"
 #include "stream.cuh"
 
@@ -21,7 +22,6 @@ constexpr int64_t kNormChunk = 4 * kThreads * 16;  // elements per thread block
 template <typename scalar_t, typename noise_t>
 __global__ void sq_norms_kernel(const scalar_t* score, const noise_t* noise, int64_t per_row, int64_t chunks_per_row,
                                 int64_t base, uint32_t k0, uint32_t k1, double* partial) {
-  __shared__ double sh_s[kThreads], sh_z[kThreads];
   const int64_t row = blockIdx.x / chunks_per_row, chunk = blockIdx.x % chunks_per_row;
   const int64_t begin = row * per_row + chunk * kNormChunk;
   const int64_t end = min(row * per_row + per_row, begin + kNormChunk);
@@ -43,19 +43,11 @@ __global__ void sq_norms_kernel(const scalar_t* score, const noise_t* noise, int
       zz = __dadd_rn(zz, __dmul_rn(z, z));
     }
   }
-  sh_s[threadIdx.x] = ss;
-  sh_z[threadIdx.x] = zz;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) {
-      sh_s[threadIdx.x] = __dadd_rn(sh_s[threadIdx.x], sh_s[threadIdx.x + width]);
-      sh_z[threadIdx.x] = __dadd_rn(sh_z[threadIdx.x], sh_z[threadIdx.x + width]);
-    }
-    __syncthreads();
-  }
+  double sums[2] = {ss, zz};
+  block_sum<2, kThreads>(sums);
   if (threadIdx.x == 0) {
-    partial[2 * blockIdx.x] = sh_s[0];
-    partial[2 * blockIdx.x + 1] = sh_z[0];
+    partial[2 * blockIdx.x] = sums[0];
+    partial[2 * blockIdx.x + 1] = sums[1];
   }
 }
 

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../op_common.h"
+#include "reduce.cuh"
 #include "stream.cuh"
 
 namespace fastscore {
@@ -25,7 +26,6 @@ __global__ void dsm_partial_kernel(const scalar_t* score, const at::opmath_type<
                                    int64_t coef_stride, int64_t per_row, int64_t chunks_per_row, int64_t base,
                                    uint32_t k0, uint32_t k1, double* partial) {
   using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ double sh[kThreads];
   const int64_t row = blockIdx.x / chunks_per_row, chunk = blockIdx.x % chunks_per_row;
   const int64_t begin = row * per_row + chunk * kLossChunk;
   const int64_t end = min(row * per_row + per_row, begin + kLossChunk);
@@ -46,13 +46,9 @@ __global__ void dsm_partial_kernel(const scalar_t* score, const at::opmath_type<
       acc = __dadd_rn(acc, __dmul_rn(d, d));
     }
   }
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) sh[threadIdx.x] = __dadd_rn(sh[threadIdx.x], sh[threadIdx.x + width]);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+  double sums[1] = {acc};
+  block_sum<1, kThreads>(sums);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
 }
 
 template <typename scalar_t>

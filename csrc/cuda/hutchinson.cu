@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "../op_common.h"
+#include "reduce.cuh"
 #include "stream.cuh"
 
 namespace fastscore {
@@ -54,7 +55,6 @@ __device__ __forceinline__ double widen(scalar_t x) {
 template <typename scalar_t>
 __global__ void sliced_partial_kernel(const scalar_t* score, const scalar_t* jv, const scalar_t* v, int64_t P,
                                       int64_t D, int64_t chunks, bool with_sq, double* partial, double* sq) {
-  __shared__ double sh_t[kThreads], sh_d[kThreads], sh_s[kThreads];
   const int64_t row = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t b = row / P, p = row - b * P;
   const bool do_sq = with_sq && p == 0;  // uniform over the block
@@ -69,22 +69,12 @@ __global__ void sliced_partial_kernel(const scalar_t* score, const scalar_t* jv,
     dd = __dadd_rn(dd, __dmul_rn(x, s));
     if (do_sq) ss = __dadd_rn(ss, __dmul_rn(s, s));
   }
-  sh_t[threadIdx.x] = tt;
-  sh_d[threadIdx.x] = dd;
-  sh_s[threadIdx.x] = ss;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) {
-      sh_t[threadIdx.x] = __dadd_rn(sh_t[threadIdx.x], sh_t[threadIdx.x + width]);
-      sh_d[threadIdx.x] = __dadd_rn(sh_d[threadIdx.x], sh_d[threadIdx.x + width]);
-      if (do_sq) sh_s[threadIdx.x] = __dadd_rn(sh_s[threadIdx.x], sh_s[threadIdx.x + width]);
-    }
-    __syncthreads();
-  }
+  double sums[3] = {tt, dd, ss};  // ss stays 0 where do_sq is false
+  block_sum<3, kThreads>(sums);
   if (threadIdx.x == 0) {
-    partial[2 * blockIdx.x] = sh_t[0];
-    partial[2 * blockIdx.x + 1] = sh_d[0];
-    if (do_sq) sq[b * chunks + chunk] = sh_s[0];
+    partial[2 * blockIdx.x] = sums[0];
+    partial[2 * blockIdx.x + 1] = sums[1];
+    if (do_sq) sq[b * chunks + chunk] = sums[2];
   }
 }
 
