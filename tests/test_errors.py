@@ -102,3 +102,16 @@ def test_backend_selection_api():
         assert fastscore.get_backend() == "reference"
     assert fastscore.get_backend() == "auto"
     assert "reference" in fastscore.available_backends()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_place_update_is_seen_by_autograd(backend):
+    """An x saved by an autograd graph and then stepped in place must not be used
+    silently: the version counter is bumped on every path, fast ones included."""
+    x, s = x_and_score()
+    w = torch.ones(6, requires_grad=True)
+    y = (x * w).sum()  # saves x for w's gradient
+    with fastscore.use_backend(backend), torch.no_grad():
+        ops.langevin_step_(x, s, 0.1, seed=1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

@@ -6,33 +6,17 @@ summation order, which vanishes when the coefficients are rounded to fp32); fp64
 subprocess without the interpreter) the sm_90 PTX of the pass-1 kernel.
 """
 
-import os
+import pytest
+import torch
 
-# Must precede the first `import triton` (conftest.py sets it too).
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_support import assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
 
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-triton = pytest.importorskip("triton")
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 
 from fastscore import reference as R  # noqa: E402
 from kernels import corrector as KC  # noqa: E402
 
-if not isinstance(KC.row_sq_sums_kernel, triton.runtime.interpreter.InterpretedFunction):
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; the kernels cannot run on CPU",
-                allow_module_level=True)
+require_interpreter(KC.row_sq_sums_kernel)
 
 INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
             torch.bfloat16: torch.int16}
@@ -230,66 +214,31 @@ def test_bad_arguments():
 # PTX of the pass-1 kernel (sm_90, compiled without a GPU, in a process without the
 # interpreter): no approximate, flush-to-zero or fused instruction.
 # ---------------------------------------------------------------------------------------
-FORBIDDEN = {
-    "approximate instruction": re.compile(r"\.approx\b"),
-    "flush-to-zero": re.compile(r"\.ftz\b"),
-    "approximate fp32 divide (div.full)": re.compile(r"\bdiv\.full\b"),
-    "fused multiply-add": re.compile(r"\b(?:fma|mad)\.[\w.]*\bf(?:16|32|64)\b|\bfma\."),
-}
-
-_PTX_SCRIPT = textwrap.dedent(
-    r"""
-    import json, os, shutil, sys
-    sys.path.insert(0, sys.argv[1])
-    assert "TRITON_INTERPRET" not in os.environ
-    try:
-        import triton
-        from triton.backends import backends
-    except Exception as e:  # pragma: no cover
-        print(json.dumps({"skip": f"triton compiler API unavailable: {e!r}"})); sys.exit(0)
-    if "nvidia" not in backends:
-        print(json.dumps({"skip": "triton has no nvidia backend"})); sys.exit(0)
-    try:
-        ptxas = triton.knobs.nvidia.ptxas.path
-    except Exception:
-        ptxas = shutil.which("ptxas")
-    if not ptxas:
-        print(json.dumps({"skip": "ptxas not found (needed for the PTX version)"})); sys.exit(0)
-    from kernels.corrector import row_sq_sums_kernel
-    from kernels.ptx import compile_ptx
-    out = {}
-    for dtype, noise_tensor in (("fp32", False), ("fp16", False), ("fp64", True)):
-        cd = "fp64" if dtype == "fp64" else "fp32"
-        out[f"{dtype}_{'tensor' if noise_tensor else 'stream'}"] = compile_ptx(
-            row_sq_sums_kernel,
-            {"part_ptr": "*fp64", "score_ptr": f"*{dtype}", "noise_ptr": f"*{cd}",
-             "seed": "i64", "base": "i64", "R": "i64", "n_blocks": "i64"},
-            {"NOISE_TENSOR": noise_tensor, "BLOCK": 256},
-        )
-    print(json.dumps(out))
-    """
-)
+_PTX_BODY = r"""
+from kernels.corrector import row_sq_sums_kernel
+from kernels.ptx import compile_ptx
+out = {}
+for dtype, noise_tensor in (("fp32", False), ("fp16", False), ("fp64", True)):
+    cd = "fp64" if dtype == "fp64" else "fp32"
+    out[f"{dtype}_{'tensor' if noise_tensor else 'stream'}"] = compile_ptx(
+        row_sq_sums_kernel,
+        {"part_ptr": "*fp64", "score_ptr": f"*{dtype}", "noise_ptr": f"*{cd}",
+         "seed": "i64", "base": "i64", "R": "i64", "n_blocks": "i64"},
+        {"NOISE_TENSOR": noise_tensor, "BLOCK": 256},
+    )
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def ptx():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, str(ROOT)], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"PTX compilation failed:\n{proc.stderr[-4000:]}"
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in result:
-        pytest.skip(result["skip"])
-    return result
+    return compile_ptx_in_subprocess(_PTX_BODY)
 
 
 @pytest.mark.parametrize("name", ["fp32_stream", "fp16_stream", "fp64_tensor"])
 def test_ptx_pass1_has_only_ieee_rounded_float_ops(ptx, name):
     text = ptx[name]
-    assert ".target sm_90" in text
-    for what, pattern in FORBIDDEN.items():
-        hits = [line.strip() for line in text.splitlines() if pattern.search(line)]
-        assert not hits, f"{name}: {what}: {hits[:5]}"
+    assert_exact_ptx(text, name)
     for op in ("mul.rn.f64", "add.rn.f64"):  # the sums are float64
         assert op in text, f"{name}: expected {op}"
     if name.endswith("stream"):

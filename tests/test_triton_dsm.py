@@ -8,33 +8,17 @@ fp32 hides in every case tested here, so fp32/fp16/bf16 are asserted bitwise; fp
 subprocess without the interpreter) the sm_90 PTX of both kernels.
 """
 
-import os
+import pytest
+import torch
 
-# Must precede the first `import triton` (conftest.py sets it too).
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_support import FORBIDDEN, assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
 
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-triton = pytest.importorskip("triton")
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 
 from fastscore import reference as R  # noqa: E402
 from kernels import dsm as KD  # noqa: E402
 
-if not isinstance(KD.dsm_loss_kernel, triton.runtime.interpreter.InterpretedFunction):
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; the kernels cannot run on CPU",
-                allow_module_level=True)
+require_interpreter(KD.dsm_loss_kernel)
 
 INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
             torch.bfloat16: torch.int16}
@@ -218,87 +202,52 @@ def test_bad_arguments():
 # PTX (sm_90, compiled without a GPU, in a process without the interpreter): no
 # approximate, flush-to-zero or fused instruction in either kernel.
 # ---------------------------------------------------------------------------------------
-FORBIDDEN = {
-    "approximate instruction": re.compile(r"\.approx\b"),
-    "flush-to-zero": re.compile(r"\.ftz\b"),
-    "approximate fp32 divide (div.full)": re.compile(r"\bdiv\.full\b"),
-    "fused multiply-add": re.compile(r"\b(?:fma|mad)\.[\w.]*\bf(?:16|32|64)\b|\bfma\."),
+_PTX_BODY = r"""
+from kernels.dsm import dsm_loss_backward_kernel, dsm_loss_kernel
+from kernels.ptx import compile_ptx
+
+def fwd(dtype, noise_tensor, per_sample):
+    cd = "fp64" if dtype == "fp64" else "fp32"
+    return compile_ptx(
+        dsm_loss_kernel,
+        {"part_ptr": "*fp64", "score_ptr": f"*{dtype}", "noise_ptr": f"*{cd}", "inv_ptr": f"*{cd}",
+         "seed": "i64", "base": "i64", "R": "i64", "n_blocks": "i64"},
+        {"NOISE_TENSOR": noise_tensor, "PER_SAMPLE": per_sample, "BLOCK": 256},
+    )
+
+def bwd(dtype, noise_tensor, per_sample, fp_fusion=False):
+    cd = "fp64" if dtype == "fp64" else "fp32"
+    return compile_ptx(
+        dsm_loss_backward_kernel,
+        {"out_ptr": f"*{dtype}", "score_ptr": f"*{dtype}", "noise_ptr": f"*{cd}", "inv_ptr": f"*{cd}",
+         "scale_ptr": f"*{cd}", "seed": "i64", "base": "i64", "n": "i64", "R": "i64"},
+        {"NOISE_TENSOR": noise_tensor, "PER_SAMPLE": per_sample, "BLOCK": 256},
+        fp_fusion=fp_fusion,
+    )
+
+out = {
+    "fwd_fp32_stream": fwd("fp32", False, True),
+    "fwd_fp16_stream": fwd("fp16", False, False),
+    "fwd_fp64_tensor": fwd("fp64", True, True),
+    "bwd_fp32_stream": bwd("fp32", False, True),
+    "bwd_fp16_stream": bwd("fp16", False, False),
+    "bwd_fp64_stream": bwd("fp64", False, True),
+    "control_bwd_fused": bwd("fp32", False, True, fp_fusion=True),
 }
-
-_PTX_SCRIPT = textwrap.dedent(
-    r"""
-    import json, os, shutil, sys
-    sys.path.insert(0, sys.argv[1])
-    assert "TRITON_INTERPRET" not in os.environ
-    try:
-        import triton
-        from triton.backends import backends
-    except Exception as e:  # pragma: no cover
-        print(json.dumps({"skip": f"triton compiler API unavailable: {e!r}"})); sys.exit(0)
-    if "nvidia" not in backends:
-        print(json.dumps({"skip": "triton has no nvidia backend"})); sys.exit(0)
-    try:
-        ptxas = triton.knobs.nvidia.ptxas.path
-    except Exception:
-        ptxas = shutil.which("ptxas")
-    if not ptxas:
-        print(json.dumps({"skip": "ptxas not found (needed for the PTX version)"})); sys.exit(0)
-    from kernels.dsm import dsm_loss_backward_kernel, dsm_loss_kernel
-    from kernels.ptx import compile_ptx
-
-    def fwd(dtype, noise_tensor, per_sample):
-        cd = "fp64" if dtype == "fp64" else "fp32"
-        return compile_ptx(
-            dsm_loss_kernel,
-            {"part_ptr": "*fp64", "score_ptr": f"*{dtype}", "noise_ptr": f"*{cd}", "inv_ptr": f"*{cd}",
-             "seed": "i64", "base": "i64", "R": "i64", "n_blocks": "i64"},
-            {"NOISE_TENSOR": noise_tensor, "PER_SAMPLE": per_sample, "BLOCK": 256},
-        )
-
-    def bwd(dtype, noise_tensor, per_sample, fp_fusion=False):
-        cd = "fp64" if dtype == "fp64" else "fp32"
-        return compile_ptx(
-            dsm_loss_backward_kernel,
-            {"out_ptr": f"*{dtype}", "score_ptr": f"*{dtype}", "noise_ptr": f"*{cd}", "inv_ptr": f"*{cd}",
-             "scale_ptr": f"*{cd}", "seed": "i64", "base": "i64", "n": "i64", "R": "i64"},
-            {"NOISE_TENSOR": noise_tensor, "PER_SAMPLE": per_sample, "BLOCK": 256},
-            fp_fusion=fp_fusion,
-        )
-
-    out = {
-        "fwd_fp32_stream": fwd("fp32", False, True),
-        "fwd_fp16_stream": fwd("fp16", False, False),
-        "fwd_fp64_tensor": fwd("fp64", True, True),
-        "bwd_fp32_stream": bwd("fp32", False, True),
-        "bwd_fp16_stream": bwd("fp16", False, False),
-        "bwd_fp64_stream": bwd("fp64", False, True),
-        "control_bwd_fused": bwd("fp32", False, True, fp_fusion=True),
-    }
-    print(json.dumps(out))
-    """
-)
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def ptx():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, str(ROOT)], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"PTX compilation failed:\n{proc.stderr[-4000:]}"
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in result:
-        pytest.skip(result["skip"])
-    return result
+    return compile_ptx_in_subprocess(_PTX_BODY)
 
 
 @pytest.mark.parametrize("name", ["fwd_fp32_stream", "fwd_fp16_stream", "fwd_fp64_tensor",
                                   "bwd_fp32_stream", "bwd_fp16_stream", "bwd_fp64_stream"])
 def test_ptx_has_only_ieee_rounded_float_ops(ptx, name):
     text = ptx[name]
-    assert ".target sm_90" in text
-    for what, pattern in FORBIDDEN.items():
-        hits = [line.strip() for line in text.splitlines() if pattern.search(line)]
-        assert not hits, f"{name}: {what}: {hits[:5]}"
+    assert_exact_ptx(text, name)
     width = "f64" if "fp64" in name else "f32"
     expected = [f"mul.rn.{width}", f"add.rn.{width}"]  # z * inv_sigma, s + ..., scale * d
     if name.startswith("fwd"):

@@ -11,34 +11,18 @@ D, non-contiguous inputs, errors, the public op on the triton backend and (in a
 subprocess without the interpreter) the sm_90 PTX of both kernels.
 """
 
-import os
+import pytest
+import torch
 
-# Must precede the first `import triton` (conftest.py sets it too).
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_support import FORBIDDEN, assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
 
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-triton = pytest.importorskip("triton")
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 
 from fastscore import backends  # noqa: E402
 from fastscore import reference as R  # noqa: E402
 from kernels import hutchinson as KH  # noqa: E402
 
-if not isinstance(KH.sliced_partials_kernel, triton.runtime.interpreter.InterpretedFunction):
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; the kernels cannot run on CPU",
-                allow_module_level=True)
+require_interpreter(KH.sliced_partials_kernel)
 
 HAS_CPP = backends.HAS_EXTENSION and hasattr(torch.ops.fastscore, "sliced_score_terms")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="fastscore._C (the C++ op) is not built")
@@ -274,87 +258,52 @@ def test_public_op_on_triton_backend():
 # PTX (sm_90, compiled without a GPU, in a process without the interpreter): no
 # approximate, flush-to-zero or fused instruction in either kernel.
 # ---------------------------------------------------------------------------------------
-FORBIDDEN = {
-    "approximate instruction": re.compile(r"\.approx\b"),
-    "flush-to-zero": re.compile(r"\.ftz\b"),
-    "approximate fp32 divide (div.full)": re.compile(r"\bdiv\.full\b"),
-    "fused multiply-add": re.compile(r"\b(?:fma|mad)\.[\w.]*\bf(?:16|32|64)\b|\bfma\."),
+_PTX_BODY = r"""
+from kernels.hutchinson import sliced_backward_kernel, sliced_partials_kernel
+from kernels.ptx import compile_ptx
+
+def fwd(dtype, vr):
+    return compile_ptx(
+        sliced_partials_kernel,
+        {"part_ptr": "*fp64", "sq_ptr": "*fp64", "score_ptr": f"*{dtype}", "jv_ptr": f"*{dtype}",
+         "v_ptr": f"*{dtype}", "P": "i64", "D": "i64", "n_blocks": "i64"},
+        {"VARIANCE_REDUCTION": vr, "FP64": dtype == "fp64", "BLOCK": 1024},
+    )
+
+def bwd(dtype, vr, fp_fusion=False):
+    cd = "fp64" if dtype == "fp64" else "fp32"
+    return compile_ptx(
+        sliced_backward_kernel,
+        {"gs_ptr": f"*{dtype}", "gj_ptr": f"*{dtype}", "score_ptr": f"*{dtype}", "v_ptr": f"*{dtype}",
+         "per_p_ptr": f"*{cd}", "coef_ptr": f"*{cd}", "P": "i64", "D": "i64", "n": "i64"},
+        {"VARIANCE_REDUCTION": vr, "FP64": dtype == "fp64", "BLOCK": 1024},
+        fp_fusion=fp_fusion,
+    )
+
+out = {
+    "fwd_fp32_plain": fwd("fp32", False),
+    "fwd_fp16_vr": fwd("fp16", True),
+    "fwd_fp64_vr": fwd("fp64", True),
+    "bwd_fp32_plain": bwd("fp32", False),
+    "bwd_fp32_vr": bwd("fp32", True),
+    "bwd_fp16_plain": bwd("fp16", False),
+    "bwd_fp64_plain": bwd("fp64", False),
+    "control_bwd_fused": bwd("fp32", False, fp_fusion=True),
 }
-
-_PTX_SCRIPT = textwrap.dedent(
-    r"""
-    import json, os, shutil, sys
-    sys.path.insert(0, sys.argv[1])
-    assert "TRITON_INTERPRET" not in os.environ
-    try:
-        import triton
-        from triton.backends import backends
-    except Exception as e:  # pragma: no cover
-        print(json.dumps({"skip": f"triton compiler API unavailable: {e!r}"})); sys.exit(0)
-    if "nvidia" not in backends:
-        print(json.dumps({"skip": "triton has no nvidia backend"})); sys.exit(0)
-    try:
-        ptxas = triton.knobs.nvidia.ptxas.path
-    except Exception:
-        ptxas = shutil.which("ptxas")
-    if not ptxas:
-        print(json.dumps({"skip": "ptxas not found (needed for the PTX version)"})); sys.exit(0)
-    from kernels.hutchinson import sliced_backward_kernel, sliced_partials_kernel
-    from kernels.ptx import compile_ptx
-
-    def fwd(dtype, vr):
-        return compile_ptx(
-            sliced_partials_kernel,
-            {"part_ptr": "*fp64", "sq_ptr": "*fp64", "score_ptr": f"*{dtype}", "jv_ptr": f"*{dtype}",
-             "v_ptr": f"*{dtype}", "P": "i64", "D": "i64", "n_blocks": "i64"},
-            {"VARIANCE_REDUCTION": vr, "FP64": dtype == "fp64", "BLOCK": 1024},
-        )
-
-    def bwd(dtype, vr, fp_fusion=False):
-        cd = "fp64" if dtype == "fp64" else "fp32"
-        return compile_ptx(
-            sliced_backward_kernel,
-            {"gs_ptr": f"*{dtype}", "gj_ptr": f"*{dtype}", "score_ptr": f"*{dtype}", "v_ptr": f"*{dtype}",
-             "per_p_ptr": f"*{cd}", "coef_ptr": f"*{cd}", "P": "i64", "D": "i64", "n": "i64"},
-            {"VARIANCE_REDUCTION": vr, "FP64": dtype == "fp64", "BLOCK": 1024},
-            fp_fusion=fp_fusion,
-        )
-
-    out = {
-        "fwd_fp32_plain": fwd("fp32", False),
-        "fwd_fp16_vr": fwd("fp16", True),
-        "fwd_fp64_vr": fwd("fp64", True),
-        "bwd_fp32_plain": bwd("fp32", False),
-        "bwd_fp32_vr": bwd("fp32", True),
-        "bwd_fp16_plain": bwd("fp16", False),
-        "bwd_fp64_plain": bwd("fp64", False),
-        "control_bwd_fused": bwd("fp32", False, fp_fusion=True),
-    }
-    print(json.dumps(out))
-    """
-)
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def ptx():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, str(ROOT)], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"PTX compilation failed:\n{proc.stderr[-4000:]}"
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in result:
-        pytest.skip(result["skip"])
-    return result
+    return compile_ptx_in_subprocess(_PTX_BODY)
 
 
 @pytest.mark.parametrize("name", ["fwd_fp32_plain", "fwd_fp16_vr", "fwd_fp64_vr",
                                   "bwd_fp32_plain", "bwd_fp32_vr", "bwd_fp16_plain", "bwd_fp64_plain"])
 def test_ptx_has_only_ieee_rounded_float_ops(ptx, name):
     text = ptx[name]
-    assert ".target sm_90" in text
-    for what, pattern in FORBIDDEN.items():
-        hits = [line.strip() for line in text.splitlines() if pattern.search(line)]
-        assert not hits, f"{name}: {what}: {hits[:5]}"
+    assert_exact_ptx(text, name)
     if name.startswith("fwd"):
         expected = ["mul.rn.f64", "add.rn.f64"]  # the float64 dot products
     else:

@@ -6,36 +6,20 @@ subprocess without the interpreter, the sm_90 PTX of the kernels (no approximate
 or fused instruction).
 """
 
-import os
+import pytest
+import torch
 
-# Must precede the first `import triton` (conftest.py sets it too, for other test files).
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_support import FORBIDDEN, assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
 
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-triton = pytest.importorskip("triton")
+triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 import triton.language as tl  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from fastscore import reference as R  # noqa: E402
 from kernels import noise as KN  # noqa: E402
 from kernels.noise import U_MIN, fill_noise_, log_f32, philox_words, sincos_2pi_f32, uniform_f32  # noqa: E402
 from kernels.step import fused_update_  # noqa: E402
 
-if not isinstance(KN.noise_kernel, triton.runtime.interpreter.InterpretedFunction):
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; the kernels cannot run on CPU",
-                allow_module_level=True)
+require_interpreter(KN.noise_kernel)
 
 SEEDS = [0, 1, 3_000_000_000, 2**32 + 5, 2**63 + 7, 2**64 - 1]
 INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16}
@@ -293,65 +277,28 @@ def test_step_rejects_bad_coef_and_shapes():
 # ---------------------------------------------------------------------------------------
 # PTX inspection (sm_90, compiled without a GPU, in a process without the interpreter)
 # ---------------------------------------------------------------------------------------
-FORBIDDEN = {
-    "approximate instruction": re.compile(r"\.approx\b"),
-    "flush-to-zero": re.compile(r"\.ftz\b"),
-    "approximate fp32 divide (div.full)": re.compile(r"\bdiv\.full\b"),
-    "fused multiply-add": re.compile(r"\b(?:fma|mad)\.[\w.]*\bf(?:16|32|64)\b|\bfma\."),
+_PTX_BODY = r"""
+from kernels.ptx import noise_ptx, step_ptx
+out = {
+    "noise_fp32": noise_ptx("fp32"),
+    "noise_fp16": noise_ptx("fp16"),
+    "step_fp32": step_ptx("fp32"),
+    "step_fp64": step_ptx("fp64", per_sample=False),
+    "control_step_fused": step_ptx("fp32", fp_fusion=True),
 }
-
-_PTX_SCRIPT = textwrap.dedent(
-    r"""
-    import json, os, shutil, sys
-    sys.path.insert(0, sys.argv[1])
-    assert "TRITON_INTERPRET" not in os.environ
-    try:
-        import triton
-        from triton.backends import backends
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except Exception as e:  # pragma: no cover
-        print(json.dumps({"skip": f"triton compiler API unavailable: {e!r}"})); sys.exit(0)
-    if "nvidia" not in backends:
-        print(json.dumps({"skip": "triton has no nvidia backend"})); sys.exit(0)
-    try:
-        ptxas = triton.knobs.nvidia.ptxas.path
-    except Exception as e:
-        ptxas = shutil.which("ptxas")
-    if not ptxas:
-        print(json.dumps({"skip": "ptxas not found (needed for the PTX version)"})); sys.exit(0)
-    from kernels.ptx import noise_ptx, step_ptx
-    out = {
-        "noise_fp32": noise_ptx("fp32"),
-        "noise_fp16": noise_ptx("fp16"),
-        "step_fp32": step_ptx("fp32"),
-        "step_fp64": step_ptx("fp64", per_sample=False),
-        "control_step_fused": step_ptx("fp32", fp_fusion=True),
-    }
-    print(json.dumps(out))
-    """
-)
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def ptx():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, str(ROOT)], env=env, cwd=str(ROOT),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"PTX compilation failed:\n{proc.stderr[-4000:]}"
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in result:
-        pytest.skip(result["skip"])
-    return result
+    return compile_ptx_in_subprocess(_PTX_BODY, check_compiler_api=True)
 
 
 @pytest.mark.parametrize("name", ["noise_fp32", "noise_fp16", "step_fp32", "step_fp64"])
 def test_ptx_has_only_ieee_rounded_float_ops(ptx, name):
     text = ptx[name]
-    assert ".target sm_90" in text
-    for what, pattern in FORBIDDEN.items():
-        hits = [line.strip() for line in text.splitlines() if pattern.search(line)]
-        assert not hits, f"{name}: {what}: {hits[:5]}"
+    assert_exact_ptx(text, name)
     # the IEEE-rounded forms the math needs are there
     for op in ("div.rn.f32", "sqrt.rn.f32", "mul.rn.f32", "add.rn.f32", "mul.hi.u32"):
         assert op in text, f"{name}: expected {op}"
