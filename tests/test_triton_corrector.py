@@ -9,7 +9,8 @@ subprocess without the interpreter) the sm_90 PTX of the pass-1 kernel.
 import pytest
 import torch
 
-from triton_support import assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
+from triton_support import (assert_bits_equal, assert_exact_ptx, compile_ptx_in_subprocess, randn, require_interpreter,
+                            setup_triton)
 
 triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 
@@ -18,8 +19,6 @@ from kernels import corrector as KC  # noqa: E402
 
 require_interpreter(KC.row_sq_sums_kernel)
 
-INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
-            torch.bfloat16: torch.int16}
 SNR = 0.16
 
 
@@ -29,22 +28,10 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str = "") ->
     if actual.dtype == torch.float64:
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-13, msg=lambda m: f"{what}: {m}")
         return
-    a = actual.contiguous().view(INT_VIEW[actual.dtype]).reshape(-1)
-    e = expected.contiguous().view(INT_VIEW[expected.dtype]).reshape(-1)
-    diff = a != e
-    if diff.any():
-        k = int(diff.nonzero()[0])
-        raise AssertionError(
-            f"{what}: {int(diff.sum())}/{diff.numel()} elements differ; first at flat {k}: "
-            f"{actual.reshape(-1)[k].item()!r} vs reference {expected.reshape(-1)[k].item()!r}"
-        )
+    assert_bits_equal(actual, expected, what)
 
 
-def make(shape, dtype, seed, transposed=False):
-    g = torch.Generator().manual_seed(seed)
-    if transposed:  # same logical shape, stored transposed (non-contiguous)
-        return torch.randn(tuple(reversed(shape)), generator=g).to(dtype).t()
-    return torch.randn(shape, generator=g).to(dtype)
+make = randn  # (shape, dtype, seed, transposed=False)
 
 
 def make_alpha(kind, rows):

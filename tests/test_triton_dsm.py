@@ -11,7 +11,8 @@ subprocess without the interpreter) the sm_90 PTX of both kernels.
 import pytest
 import torch
 
-from triton_support import FORBIDDEN, assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
+from triton_support import (FORBIDDEN, assert_bits_equal, assert_exact_ptx, compile_ptx_in_subprocess,
+                            randn, require_interpreter, setup_triton)
 
 triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 
@@ -19,9 +20,6 @@ from fastscore import reference as R  # noqa: E402
 from kernels import dsm as KD  # noqa: E402
 
 require_interpreter(KD.dsm_loss_kernel)
-
-INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
-            torch.bfloat16: torch.int16}
 
 
 def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str = "", fp64_rtol: float = 1e-12) -> None:
@@ -31,22 +29,10 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str = "", fp
     if actual.dtype == torch.float64:
         torch.testing.assert_close(actual, expected, rtol=fp64_rtol, atol=0, msg=lambda m: f"{what}: {m}")
         return
-    a = actual.contiguous().view(INT_VIEW[actual.dtype]).reshape(-1)
-    e = expected.contiguous().view(INT_VIEW[expected.dtype]).reshape(-1)
-    diff = a != e
-    if diff.any():
-        k = int(diff.nonzero()[0])
-        raise AssertionError(
-            f"{what}: {int(diff.sum())}/{diff.numel()} elements differ; first at flat {k}: "
-            f"{actual.reshape(-1)[k].item()!r} vs reference {expected.reshape(-1)[k].item()!r}"
-        )
+    assert_bits_equal(actual, expected, what)
 
 
-def make(shape, dtype, seed, transposed=False):
-    g = torch.Generator().manual_seed(seed)
-    if transposed:  # same logical shape, stored transposed (non-contiguous)
-        return torch.randn(tuple(reversed(shape)), generator=g).to(dtype).t()
-    return torch.randn(shape, generator=g).to(dtype)
+make = randn  # (shape, dtype, seed, transposed=False)
 
 
 def make_coef(kind, rows):

@@ -14,7 +14,8 @@ subprocess without the interpreter) the sm_90 PTX of both kernels.
 import pytest
 import torch
 
-from triton_support import FORBIDDEN, assert_exact_ptx, compile_ptx_in_subprocess, require_interpreter, setup_triton
+from triton_support import (FORBIDDEN, assert_bits_equal, assert_exact_ptx, compile_ptx_in_subprocess,
+                            require_interpreter, setup_triton)
 
 triton = setup_triton()  # TRITON_INTERPRET=1 before the first `import triton`; repo root on sys.path
 
@@ -27,9 +28,6 @@ require_interpreter(KH.sliced_partials_kernel)
 HAS_CPP = backends.HAS_EXTENSION and hasattr(torch.ops.fastscore, "sliced_score_terms")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="fastscore._C (the C++ op) is not built")
 
-INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
-            torch.bfloat16: torch.int16}
-
 
 def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str = "", fp64_rtol: float | None = 1e-12) -> None:
     """Bitwise for fp32/fp16/bf16 (and for fp64 when ``fp64_rtol`` is None), else rtol."""
@@ -38,15 +36,7 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str = "", fp
     if actual.dtype == torch.float64 and fp64_rtol is not None:
         torch.testing.assert_close(actual, expected, rtol=fp64_rtol, atol=0, msg=lambda m: f"{what}: {m}")
         return
-    a = actual.contiguous().view(INT_VIEW[actual.dtype]).reshape(-1)
-    e = expected.contiguous().view(INT_VIEW[expected.dtype]).reshape(-1)
-    diff = a != e
-    if diff.any():
-        k = int(diff.nonzero()[0])
-        raise AssertionError(
-            f"{what}: {int(diff.sum())}/{diff.numel()} elements differ; first at flat {k}: "
-            f"{actual.reshape(-1)[k].item()!r} vs expected {expected.reshape(-1)[k].item()!r}"
-        )
+    assert_bits_equal(actual, expected, what, label="expected")
 
 
 def make(shape, dtype, seed, scale=1.0):

@@ -111,3 +111,39 @@ def compile_ptx_in_subprocess(body: str, check_compiler_api: bool = False) -> di
     if "skip" in result:
         pytest.skip(result["skip"])
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# Bitwise comparison of float tensors
+# ---------------------------------------------------------------------------------------
+def _int_view():
+    import torch
+
+    return {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+            torch.bfloat16: torch.int16}
+
+
+def assert_bits_equal(actual, expected, what: str = "", label: str = "reference") -> None:
+    """``actual`` and ``expected`` (same dtype) hold the same bit patterns, element by element;
+    the message names the first difference (``label`` names ``expected``)."""
+    int_view = _int_view()
+    a = actual.contiguous().view(int_view[actual.dtype]).reshape(-1)
+    e = expected.contiguous().view(int_view[expected.dtype]).reshape(-1)
+    diff = a != e
+    if diff.any():
+        k = int(diff.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(diff.sum())}/{diff.numel()} elements differ; first at flat {k}: "
+            f"{actual.reshape(-1)[k].item()!r} vs {label} {expected.reshape(-1)[k].item()!r}"
+        )
+
+
+def randn(shape, dtype, seed, transposed=False):
+    """Standard normal ``shape`` tensor of ``dtype`` from seed ``seed``; ``transposed``: same
+    logical shape (2-d), stored transposed (non-contiguous)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    if transposed:  # same logical shape, stored transposed (non-contiguous)
+        return torch.randn(tuple(reversed(shape)), generator=g).to(dtype).t()
+    return torch.randn(shape, generator=g).to(dtype)
