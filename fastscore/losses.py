@@ -43,6 +43,21 @@ def _scored(score_fn, x, *args):
     return s
 
 
+def _denoising_loss(score_fn, x, sigma, weight, seed, offset, mean_scale=None, score_arg=None):
+    """mean_b 0.5 w_b |s(x~_b) + z_b / sigma_b|^2 with x~ = m x + sigma z: ``perturb`` then the
+    fused ``dsm_loss`` under one (seed, offset), so both see the same z and none is stored.
+    sigma, weight, mean_scale: float64 [B] tensors built (and checked) by the callers,
+    so the ops' argument checks are not repeated per training step."""
+    B = x.shape[0]
+    impl = ops._impl(x.device)
+    seed_t = ops._seed_tensor(seed, offset)
+    ones = torch.ones(B, dtype=torch.float64, device=x.device)
+    scale = ones if mean_scale is None else mean_scale
+    x_tilde = impl.perturb(x.detach(), torch.stack([scale, torch.zeros_like(ones), sigma]), seed_t, None)
+    s = _scored(score_fn, x_tilde, *(() if score_arg is None else (score_arg.to(x.dtype),)))
+    return impl.dsm_loss(s, torch.stack([1.0 / sigma, weight]), seed_t, None).mean()
+
+
 def row_uniforms(seed: int, offset: int, rows: int, device="cpu") -> torch.Tensor:
     """One U[0, 1) float32 per row: Triton's uniform map of word 0 at counter offset + row."""
     words = ops.philox_words(seed, offset, rows, device=device)[:, 0].to(torch.int64) & 0xFFFFFFFF
@@ -105,8 +120,10 @@ def denoising_score_matching(score_fn, x, sigma, seed=0, offset=0):
     ``dsm_loss`` (forward and backward): no noise tensor is kept."""
     _check_fn(score_fn)
     _check_x(x)
-    x_tilde = ops.perturb(x.detach(), sigma, seed=seed, offset=offset)
-    return ops.dsm_loss(_scored(score_fn, x_tilde), sigma, seed=seed, offset=offset).mean()
+    if isinstance(sigma, torch.Tensor) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive float, got {sigma!r}")
+    sig = torch.full((x.shape[0],), float(sigma), dtype=torch.float64, device=x.device)
+    return _denoising_loss(score_fn, x, sig, torch.ones_like(sig), seed, offset)
 
 
 def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=None):
@@ -125,9 +142,7 @@ def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=N
     elif labels.shape != (B,) or labels.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"labels must be an integer tensor of shape [{B}]")
     used = sigmas[labels.cpu()].to(x.device)
-    x_tilde = ops.perturb(x.detach(), used.to(x.dtype), seed=seed, offset=offset)
-    s = _scored(score_fn, x_tilde, used.to(x.dtype))
-    return ops.dsm_loss(s, used, seed=seed, offset=offset, weight=used**anneal_power).mean()
+    return _denoising_loss(score_fn, x, used, used**anneal_power, seed, offset, score_arg=used)
 
 
 def sde_score_loss(score_fn, sde, x, seed=0, offset=0, likelihood_weighting=False, eps=1e-5, reduce_mean=False):
@@ -144,9 +159,7 @@ def sde_score_loss(score_fn, sde, x, seed=0, offset=0, likelihood_weighting=Fals
     B, D = x.shape[0], x[0].numel()
     t = (row_uniforms(ops.derive_seed(seed, 0), offset, B).double() * (sde.T - eps) + eps).to(x.device)
     mean_scale, std = sde.marginal_coef(t)
-    x_t = ops.perturb(x.detach(), std.to(x.dtype), seed=seed, offset=offset, mean_scale=mean_scale.to(x.dtype))
-    s = _scored(score_fn, x_t, t.to(x.dtype))
     weight = sde.diffusion_coef(t) ** 2 if likelihood_weighting else std**2
     if reduce_mean:  # score_sde's mean over dims instead of 0.5 * sum
         weight = weight * (2.0 / D)
-    return ops.dsm_loss(s, std, seed=seed, offset=offset, weight=weight).mean()
+    return _denoising_loss(score_fn, x, std, weight, seed, offset, mean_scale=mean_scale, score_arg=t)
