@@ -160,8 +160,9 @@ def row_geometry(shape) -> tuple[int, int]:
     return rows, (numel // rows if rows > 0 else 0)
 
 
-def noise(shape, seed: int, offset: int = 0, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """The stream laid out over ``shape`` (C order), rows starting at ``offset``."""
+def lay_out_stream(shape, offset, device, values_at, dtype) -> torch.Tensor:
+    """Lays a per-counter stream over ``shape`` (C order), rows from ``offset``: element j
+    is component j & 3 of ``values_at(counters)`` ([n, 4]) at counter j >> 2."""
     shape = tuple(int(s) for s in shape)
     rows, per_row = row_geometry(shape)
     numel = rows * per_row
@@ -170,9 +171,13 @@ def noise(shape, seed: int, offset: int = 0, dtype=torch.float32, device="cpu") 
     j0 = int(offset) * per_row
     c_first, c_last = j0 >> 2, (j0 + numel - 1) >> 2
     counters = torch.arange(c_first, c_last + 1, dtype=torch.int64, device=device)
-    flat = normals_at(seed, counters).reshape(-1)
     start = j0 - 4 * c_first
-    return flat[start : start + numel].reshape(shape).to(dtype)
+    return values_at(counters).reshape(-1)[start : start + numel].reshape(shape).to(dtype)
+
+
+def noise(shape, seed: int, offset: int = 0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The stream laid out over ``shape`` (C order), rows starting at ``offset``."""
+    return lay_out_stream(shape, offset, device, lambda c: normals_at(seed, c), dtype)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -279,17 +284,10 @@ def dsm_loss_backward(grad, score, inv_sigma, weight, seed, offset=0, noise_tens
 def rademacher(shape, seed, offset=0, dtype=torch.float32, device="cpu"):
     """Rademacher probes from the same Philox words: element j is +1, or -1 when bit 31
     of word (j & 3) at counter j >> 2 is set (rows from ``offset``, as ``noise``)."""
-    shape = tuple(int(s) for s in shape)
-    rows, per_row = row_geometry(shape)
-    numel = rows * per_row
-    if numel == 0:
-        return torch.empty(shape, dtype=dtype, device=device)
-    j0 = int(offset) * per_row
-    c_first, c_last = j0 >> 2, (j0 + numel - 1) >> 2
-    w = torch.stack(philox4x32(seed, torch.arange(c_first, c_last + 1, dtype=torch.int64, device=device)), -1)
-    signs = 1 - 2 * ((w >> 31) & 1)
-    start = j0 - 4 * c_first
-    return signs.reshape(-1)[start : start + numel].reshape(shape).to(dtype)
+    def signs(counters):
+        return 1 - 2 * ((torch.stack(philox4x32(seed, counters), -1) >> 31) & 1)
+
+    return lay_out_stream(shape, offset, device, signs, dtype)
 
 
 def sliced_score_terms(score, jv, v, variance_reduction=False):
