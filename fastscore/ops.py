@@ -1,15 +1,19 @@
 """fastscore's op layer: the one dispatch point between the public API and the backends.
 
-Every public op here (1) checks its arguments once, naming the bad one, (2) packs
-coefficients into a float64 [3, K] tensor (rows a, b, c; K = 1 or B) and seed/offset
-into an int64 [2] CPU tensor, (3) runs the backend chosen by ``fastscore.backends``.
+Public ops: noise, philox_words, probes (the stream); step_, langevin_step_, update,
+perturb (the fused update a*x + b*score + c*z); langevin_corrector_; dsm_loss;
+sliced_score_terms. Each (1) checks its arguments once, naming the bad one, (2) packs
+coefficients into float64 tensors (rows of [3, K], K = 1 or B) and seed/offset into an
+int64 [2] CPU tensor, (3) runs the backend chosen by ``fastscore.backends``.
 
 The seed travels as a tensor so that under torch.compile a new seed is new data, not a
-new graph: pass ``seed=torch.tensor(s)`` inside compiled code to never recompile.
+new graph: pass ``seed=torch.tensor(s)`` inside compiled code to never recompile. Eager
+CPU calls with plain floats and ints take a lean path (``_lean_cpu_call``): scalar
+variants of the ops, no tensors built, and for step_ no dispatcher at all.
 
-Compiled kernels are torch custom ops in the namespace ``fastscore``: the C++/CUDA ones
-(``step_``, ``perturb``, ``fill_noise_``, ``fill_philox_``) are defined in csrc/ and get
-their fake (meta) kernels and autograd here; the Triton ones (``triton_*``) are Python
+Compiled kernels are torch custom ops in the namespace ``fastscore``, defined (schema
+and CPU kernel) in csrc/*.cpp with CUDA kernels in csrc/cuda/; their fake (meta)
+kernels and autograd are registered here. The Triton ones (``triton_*``) are Python
 custom ops wrapping the launchers in kernels/, which import triton only when called.
 """
 
