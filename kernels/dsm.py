@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import as_int64, counters_per_program, row_geometry, seed_arg, stream_block
+from .noise import as_int64, counters_per_program, row_block_elements, row_block_grid, row_geometry, seed_arg, stream_block
 
 
 @triton.jit(do_not_specialize=["seed", "base", "R", "n_blocks"])
@@ -58,16 +58,7 @@ def dsm_loss_kernel(
     """Partial sum over block ``blk`` of row ``row`` of float64(d)^2, d = s + z*inv_sigma:
     the 4*BLOCK stream elements from counter (row_j >> 2) + blk*BLOCK, row_j = base + row*R."""
     pid = tl.program_id(0).to(tl.int64)
-    R = as_int64(R)
-    nb = as_int64(n_blocks)
-    row = pid // nb
-    blk = pid - row * nb
-    row_j = as_int64(base) + row * R  # global stream index of the row's element 0
-    first = (row_j >> 2) + blk * BLOCK  # first counter of this program
-    k = first * 4 + tl.arange(0, 4 * BLOCK).to(tl.int64) - row_j  # element index within the row
-    mask = (k >= 0) & (k < R)
-    k = tl.where(mask, k, 0)  # keep masked lanes' addresses in range
-    i = row * R + k
+    row, first, i, mask = row_block_elements(base, R, n_blocks, BLOCK)
     cd = inv_ptr.dtype.element_ty
 
     if PER_SAMPLE:
@@ -154,9 +145,7 @@ def dsm_loss(score: torch.Tensor, coef: torch.Tensor, seed: int, offset: int, no
     base = int(offset) * R
     # Counters a row spans depend on where its first element sits within a counter
     # (j & 3); that alignment is periodic in the row with period 4.
-    n_counters = max(((((base + r * R) & 3) + R - 1) >> 2) + 1 for r in range(min(rows, 4)))
-    block = counters_per_program(score.device, n_counters)
-    n_blocks = triton.cdiv(n_counters, block)
+    block, n_blocks = row_block_grid(base, R, rows, score.device)
     part = torch.empty((rows, n_blocks), dtype=torch.float64, device=score.device)
     score_c = score.contiguous()
     dsm_loss_kernel[(rows * n_blocks,)](

@@ -179,11 +179,38 @@ def interleave4(a, b, c, d, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def row_block_elements(base, R, n_blocks, BLOCK: tl.constexpr):
+    """The elements one program of a per-row reduction covers: program (row, blk) takes
+    the 4*BLOCK stream elements from counter (row_j >> 2) + blk*BLOCK, row_j = base + row*R
+    the global index of the row's element 0. Returns (row, first counter, flat index i,
+    in-row mask); masked lanes point at the row's element 0 so addresses stay in range."""
+    pid = tl.program_id(0).to(tl.int64)
+    R = as_int64(R)
+    nb = as_int64(n_blocks)
+    row = pid // nb
+    blk = pid - row * nb
+    row_j = as_int64(base) + row * R
+    first = (row_j >> 2) + blk * BLOCK
+    k = first * 4 + tl.arange(0, 4 * BLOCK).to(tl.int64) - row_j  # element index within the row
+    mask = (k >= 0) & (k < R)
+    return row, first, row * R + tl.where(mask, k, 0), mask
+
+
+@triton.jit
 def stream_block(seed, first_counter, BLOCK: tl.constexpr):
     """Stream elements 4*first_counter ... 4*(first_counter + BLOCK) - 1, in order."""
     counter = first_counter + tl.arange(0, BLOCK).to(tl.int64)
     n0, n1, n2, n3 = normals4(seed, counter)
     return interleave4(n0, n1, n2, n3, BLOCK)
+
+
+def row_block_grid(base: int, R: int, rows: int, device) -> tuple[int, int]:
+    """(BLOCK counters per program, programs per row) for row_block_elements. The counters
+    a row spans depend on where its element 0 sits within a counter (j & 3), which is
+    periodic in the row with period 4."""
+    n_counters = max(((((base + r * R) & 3) + R - 1) >> 2) + 1 for r in range(min(rows, 4)))
+    block = counters_per_program(device, n_counters)
+    return block, triton.cdiv(n_counters, block)
 
 
 # ---------------------------------------------------------------------------------------
