@@ -22,27 +22,14 @@ constexpr int64_t kNormChunk = 4 * kThreads * 16;  // elements per thread block
 template <typename scalar_t, typename noise_t>
 __global__ void sq_norms_kernel(const scalar_t* score, const noise_t* noise, int64_t per_row, int64_t chunks_per_row,
                                 int64_t base, uint32_t k0, uint32_t k1, double* partial) {
-  const int64_t row = blockIdx.x / chunks_per_row, chunk = blockIdx.x % chunks_per_row;
-  const int64_t begin = row * per_row + chunk * kNormChunk;
-  const int64_t end = min(row * per_row + per_row, begin + kNormChunk);
   double ss = 0.0, zz = 0.0;
-  // Threads walk Philox counters (4 stream elements each), so every normal is drawn once.
-  const int64_t c_first = (base + begin) >> 2, c_last = (base + end - 1) >> 2;
-  for (int64_t c = c_first + threadIdx.x; c <= c_last; c += kThreads) {
-    float n4[4] = {0.f, 0.f, 0.f, 0.f};
-    if (noise == nullptr) {
-      normals4(static_cast<uint32_t>(c), static_cast<uint32_t>(static_cast<uint64_t>(c) >> 32), k0, k1, n4);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int64_t i = 4 * c + k - base;
-      if (i < begin || i >= end) continue;
-      const double s = static_cast<double>(score[i]);
-      const double z = noise != nullptr ? static_cast<double>(noise[i]) : static_cast<double>(n4[k]);
-      ss = __dadd_rn(ss, __dmul_rn(s, s));
-      zz = __dadd_rn(zz, __dmul_rn(z, z));
-    }
-  }
+  for_each_chunk_element(k0, k1, base, row_chunk(per_row, chunks_per_row, kNormChunk), noise == nullptr,
+                         [&](int64_t i, float z_stream) {
+                           const double s = static_cast<double>(score[i]);
+                           const double z = noise != nullptr ? static_cast<double>(noise[i]) : z_stream;
+                           ss = __dadd_rn(ss, __dmul_rn(s, s));
+                           zz = __dadd_rn(zz, __dmul_rn(z, z));
+                         });
   double sums[2] = {ss, zz};
   block_sum<2, kThreads>(sums);
   if (threadIdx.x == 0) {

@@ -26,26 +26,14 @@ __global__ void dsm_partial_kernel(const scalar_t* score, const at::opmath_type<
                                    int64_t coef_stride, int64_t per_row, int64_t chunks_per_row, int64_t base,
                                    uint32_t k0, uint32_t k1, double* partial) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t row = blockIdx.x / chunks_per_row, chunk = blockIdx.x % chunks_per_row;
-  const int64_t begin = row * per_row + chunk * kLossChunk;
-  const int64_t end = min(row * per_row + per_row, begin + kLossChunk);
-  const opmath_t inv = static_cast<opmath_t>(coef[coef_stride == 1 ? 0 : row]);
+  const RowChunk c = row_chunk(per_row, chunks_per_row, kLossChunk);
+  const opmath_t inv = static_cast<opmath_t>(coef[coef_stride == 1 ? 0 : c.row]);
   double acc = 0.0;
-  const int64_t c_first = (base + begin) >> 2, c_last = (base + end - 1) >> 2;
-  for (int64_t c = c_first + threadIdx.x; c <= c_last; c += kThreads) {
-    float n4[4] = {0.f, 0.f, 0.f, 0.f};
-    if (noise == nullptr) {
-      normals4(static_cast<uint32_t>(c), static_cast<uint32_t>(static_cast<uint64_t>(c) >> 32), k0, k1, n4);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int64_t i = 4 * c + k - base;
-      if (i < begin || i >= end) continue;
-      const opmath_t z = noise != nullptr ? noise[i] : static_cast<opmath_t>(n4[k]);
-      const double d = static_cast<double>(residual(score[i], z, inv));
-      acc = __dadd_rn(acc, __dmul_rn(d, d));
-    }
-  }
+  for_each_chunk_element(k0, k1, base, c, noise == nullptr, [&](int64_t i, float z_stream) {
+    const opmath_t z = noise != nullptr ? noise[i] : static_cast<opmath_t>(z_stream);
+    const double d = static_cast<double>(residual(score[i], z, inv));
+    acc = __dadd_rn(acc, __dmul_rn(d, d));
+  });
   double sums[1] = {acc};
   block_sum<1, kThreads>(sums);
   if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];

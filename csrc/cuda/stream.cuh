@@ -51,5 +51,38 @@ __device__ __forceinline__ void for_each_owned_element(uint32_t k0, uint32_t k1,
   }
 }
 
+// The chunk of a per-row reduction that thread block blockIdx.x covers: row
+// blockIdx.x / chunks_per_row, flat elements [begin, end), at most `chunk` of them.
+struct RowChunk {
+  int64_t row, begin, end;
+};
+
+__device__ __forceinline__ RowChunk row_chunk(int64_t per_row, int64_t chunks_per_row, int64_t chunk) {
+  const int64_t row = blockIdx.x / chunks_per_row;
+  const int64_t begin = row * per_row + (blockIdx.x % chunks_per_row) * chunk;
+  return {row, begin, min(row * per_row + per_row, begin + chunk)};
+}
+
+// Calls fn(i, z) for the elements of [c.begin, c.end) this thread owns. Threads walk
+// Philox counters (4 stream elements each), so each normal is drawn once; z is the stream
+// at base + i, or 0 when `draw` is false (the caller reads an explicit noise tensor).
+template <typename Fn>
+__device__ __forceinline__ void for_each_chunk_element(uint32_t k0, uint32_t k1, int64_t base, RowChunk c, bool draw,
+                                                       Fn&& fn) {
+  const int64_t c_first = (base + c.begin) >> 2, c_last = (base + c.end - 1) >> 2;
+  for (int64_t counter = c_first + threadIdx.x; counter <= c_last; counter += blockDim.x) {
+    float n4[4] = {0.f, 0.f, 0.f, 0.f};
+    if (draw) {
+      normals4(static_cast<uint32_t>(counter), static_cast<uint32_t>(static_cast<uint64_t>(counter) >> 32), k0, k1,
+               n4);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t i = 4 * counter + k - base;
+      if (i >= c.begin && i < c.end) fn(i, n4[k]);
+    }
+  }
+}
+
 }  // namespace cuda
 }  // namespace fastscore
