@@ -4,7 +4,8 @@ score_sde / NCSN code writes it and beside torch.compile of that same code.
 Liger-style: ``setup(op, size, provider)`` builds the inputs and yields the zero-arg
 callable that is timed; one parametrized test times it. Rows:
 
-    op        langevin_step_, step_, perturb, noise
+    op        langevin_step_, step_, perturb, noise, update (an ODE stage's drift
+              f x - g^2/2 s, no noise), langevin_corrector_ (score_sde's SNR step)
     size      2x4096 (2-D toy batch), 64x3x32x32 (CIFAR batch), 16x3x256x256
     provider  cpp, reference  fastscore under fastscore.use_backend(provider)
               eager           the score_sde / NCSN line (returns a new x, as they do)
@@ -16,7 +17,9 @@ correctness tool, not a performance path.
 
 Bytes are the nominal useful bytes of the fused op, the same for every provider so GB/s
 compare as "useful bytes per second": langevin_step_ / step_ read x and score and write x
-(12 N), perturb reads x and writes out (8 N), noise writes (4 N). Eager rows move more.
+(12 N), perturb reads x and writes out (8 N), noise writes (4 N), update reads x and
+score and writes out (12 N), langevin_corrector_ reads score in pass 1 and x, score in
+pass 2 and writes x (16 N). Eager rows move more.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 import fastscore
 from fastscore import backends
 
-OPS = ("langevin_step_", "step_", "perturb", "noise")
+OPS = ("langevin_step_", "step_", "perturb", "noise", "update", "langevin_corrector_")
 SIZES = {
     "2x4096": (2, 4096),
     "64x3x32x32": (64, 3, 32, 32),
@@ -40,12 +43,17 @@ PROVIDERS = ("cpp", "reference", "eager", "compile")
 # Under --benchmark-disable (the CI smoke run, < 60 s) each compile row would cost a fresh
 # inductor compile (1-2 s warm, ~10 s for the first one on a cold cache) to run once.
 SMOKE_COMPILE_SIZE = "2x4096"
-BYTES_PER_ELEMENT = {"langevin_step_": 12, "step_": 12, "perturb": 8, "noise": 4}
+BYTES_PER_ELEMENT = {"langevin_step_": 12, "step_": 12, "perturb": 8, "noise": 4, "update": 12,
+                     "langevin_corrector_": 16}
+DRAWS_NOISE = {"langevin_step_": True, "step_": True, "perturb": True, "noise": True, "update": False,
+               "langevin_corrector_": True}
 
 SEED = 1234
 EPS = 1e-3  # Langevin step size
 A, B, C = 0.999, 1e-3, 0.05  # step_ coefficients (a != 1 so nobody folds the multiply away)
 SIGMA = 0.5  # perturb noise level
+DRIFT_F, DRIFT_G2 = -0.5, 4.0  # update: a VP-like drift coefficient and g^2
+SNR = 0.16  # langevin_corrector_
 
 
 # --------------------------------------------------------------------------- eager peers
@@ -71,7 +79,23 @@ def eager_noise(shape):
     return torch.randn(shape)
 
 
-EAGER = {"langevin_step_": eager_langevin_step, "step_": eager_step, "perturb": eager_perturb, "noise": eager_noise}
+def eager_update(x, score):
+    # score_sde's probability-flow drift: f(x, t) - 0.5 g(t)^2 score
+    return DRIFT_F * x - 0.5 * DRIFT_G2 * score
+
+
+def eager_langevin_corrector(x, score):
+    # score_sde's LangevinCorrector.update_fn body (VE: alpha = 1)
+    noise = torch.randn_like(x)
+    grad_norm = torch.norm(score.reshape(score.shape[0], -1), dim=-1).mean()
+    noise_norm = torch.norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+    step_size = (SNR * noise_norm / grad_norm) ** 2 * 2
+    x_mean = x + step_size * score
+    return x_mean + torch.sqrt(step_size * 2) * noise
+
+
+EAGER = {"langevin_step_": eager_langevin_step, "step_": eager_step, "perturb": eager_perturb, "noise": eager_noise,
+         "update": eager_update, "langevin_corrector_": eager_langevin_corrector}
 
 
 def _unavailable(provider: str) -> str | None:
@@ -94,6 +118,7 @@ def setup(op: str, size: str, provider: str):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen)
     score = torch.randn(shape, generator=gen)
+    out = torch.empty_like(x)
 
     if provider in ("cpp", "reference"):
         ops = fastscore.ops
@@ -102,6 +127,8 @@ def setup(op: str, size: str, provider: str):
             "step_": lambda: ops.step_(x, score, A, B, C, seed=SEED),
             "perturb": lambda: ops.perturb(x, SIGMA, seed=SEED),
             "noise": lambda: fastscore.noise(shape, SEED),
+            "update": lambda: ops.update(x, score, DRIFT_F, -0.5 * DRIFT_G2, out=out),
+            "langevin_corrector_": lambda: ops.langevin_corrector_(x, score, SNR, seed=SEED),
         }
         with fastscore.use_backend(provider):
             yield fns[op]
@@ -110,7 +137,7 @@ def setup(op: str, size: str, provider: str):
     f = EAGER[op]
     if provider == "compile":
         f = torch.compile(f, dynamic=False)
-    args = {"langevin_step_": (x, score), "step_": (x, score), "perturb": (x,), "noise": (shape,)}[op]
+    args = {"perturb": (x,), "noise": (shape,)}.get(op, (x, score))
     if provider == "compile":
         f(*args)  # compile once here; run_timed warms up further before timing
     yield lambda: f(*args)
@@ -129,7 +156,7 @@ def test_op(benchmark, run_timed, request, op, size, provider):
     benchmark.group = f"{op} {size}"
     benchmark.extra_info.update(
         suite="ops", op=op, size=size, provider=provider, shape=list(SIZES[size]), numel=n,
-        bytes=BYTES_PER_ELEMENT[op] * n, normals=n, threads=torch.get_num_threads(), dtype="float32",
+        bytes=BYTES_PER_ELEMENT[op] * n, normals=n if DRAWS_NOISE[op] else 0, threads=torch.get_num_threads(), dtype="float32",
     )
     with torch.no_grad(), setup(op, size, provider) as fn:
         run_timed(fn)

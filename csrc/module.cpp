@@ -39,7 +39,34 @@ PyObject* step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
+// update_fast(out, x, score, a, b, c, seed, offset): out <- a*x + b*score + c*z.
+PyObject* update_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 8 || !THPVariable_Check(args[0]) || !THPVariable_Check(args[1]) || !THPVariable_Check(args[2])) {
+    PyErr_SetString(PyExc_TypeError, "update_fast(out, x, score, a, b, c, seed, offset)");
+    return nullptr;
+  }
+  const double a = PyFloat_AsDouble(args[3]), b = PyFloat_AsDouble(args[4]), c = PyFloat_AsDouble(args[5]);
+  const long long seed = PyLong_AsLongLong(args[6]), offset = PyLong_AsLongLong(args[7]);
+  if (PyErr_Occurred()) return nullptr;
+  try {
+    at::Tensor out = THPVariable_Unpack(args[0]);
+    const at::Tensor x = THPVariable_Unpack(args[1]), score = THPVariable_Unpack(args[2]);
+    const fastscore::SeedOffset so = fastscore::seed_offset(seed, offset);
+    const double coef[3] = {a, b, c};
+    Py_BEGIN_ALLOW_THREADS
+    fastscore::update_cpu_impl(out, x, score, coef, 1, so, c10::nullopt, c != 0.0);
+    Py_END_ALLOW_THREADS
+    torch::autograd::impl::bump_version(out);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
+    {"update_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(update_fast)), METH_FASTCALL,
+     "Eager CPU fast path of update (arguments checked by fastscore.ops)."},
     {"step_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(step_fast)), METH_FASTCALL,
      "Eager CPU fast path of step_ (arguments checked by fastscore.ops)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -160,9 +160,7 @@ void update_cpu(at::Tensor out, const at::Tensor& x, const c10::optional<at::Ten
   check_like(out, x, x.scalar_type(), "out");
   if (x.numel() == 0) return;
   const at::Tensor c = checked_coef(coef, x);
-  at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
-  fused_update(dst, x, score, c.data_ptr<double>(), c.size(1), so, noise, nullptr, with_noise);
-  if (!dst.is_same(out)) out.copy_(dst);
+  update_cpu_impl(out, x, score, c.data_ptr<double>(), c.size(1), so, noise, with_noise);
 }
 
 }  // namespace
@@ -173,6 +171,14 @@ void step_cpu_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const 
   with_contiguous_outputs(x, x_mean, [&](at::Tensor& out, at::Tensor* mean) {
     fused_update(out, out, score, coef, coef_stride, so, noise, mean, with_noise);
   });
+}
+
+void update_cpu_impl(at::Tensor& out, const at::Tensor& x, const c10::optional<at::Tensor>& score, const double* coef,
+                     int64_t coef_stride, const SeedOffset& so, const c10::optional<at::Tensor>& noise,
+                     bool with_noise) {
+  at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+  fused_update(dst, x, score, coef, coef_stride, so, noise, nullptr, with_noise);
+  if (!dst.is_same(out)) out.copy_(dst);
 }
 
 TORCH_LIBRARY_FRAGMENT(fastscore, m) {

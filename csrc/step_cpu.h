@@ -12,4 +12,9 @@ void step_cpu_impl(at::Tensor& x, const c10::optional<at::Tensor>& score, const 
                    const SeedOffset& so, const c10::optional<at::Tensor>& noise,
                    const c10::optional<at::Tensor>& x_mean, bool with_noise);
 
+// out <- a*x + b*score + c*z (out may be any layout; x is not modified).
+void update_cpu_impl(at::Tensor& out, const at::Tensor& x, const c10::optional<at::Tensor>& score, const double* coef,
+                     int64_t coef_stride, const SeedOffset& so, const c10::optional<at::Tensor>& noise,
+                     bool with_noise);
+
 }  // namespace fastscore

@@ -255,6 +255,7 @@ _STEP_SCALAR = torch.ops.fastscore.step_scalar_.default if backends.HAS_EXTENSIO
 # The same kernel called without the dispatcher (~2 us less per call), for the lean
 # eager path only: its arguments are checked by _lean_cpu_call first.
 _STEP_FAST = __import__("fastscore._C", fromlist=["step_fast"]).step_fast if backends.HAS_EXTENSION else None
+_UPDATE_FAST = __import__("fastscore._C", fromlist=["update_fast"]).update_fast if backends.HAS_EXTENSION else None
 _CORRECTOR_SCALAR = torch.ops.fastscore.langevin_corrector_scalar_.default if backends.HAS_EXTENSION else None
 _PERTURB_SCALAR = torch.ops.fastscore.perturb_scalar.default if backends.HAS_EXTENSION else None
 
@@ -602,6 +603,14 @@ def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
 def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
     """Out of place: a*x + b*score + c*z into ``out`` (a new tensor if None); x is not
     modified. An ODE stage's drift is ``update(y, score, f_t, -g_t**2 / 2)``."""
+    if (noise is None and type(a) is float and type(b) is float and type(c) is float
+            and _lean_cpu_call(x, score, seed, offset)
+            and (out is None or (type(out) is torch.Tensor and out.shape == x.shape and out.dtype == x.dtype
+                                 and out.device.type == "cpu" and not out.requires_grad
+                                 and (out.data_ptr() != x.data_ptr() or not x.numel())))):
+        out = torch.empty_like(x) if out is None else out
+        _UPDATE_FAST(out, x, score, a, b, c, seed, offset)
+        return out
     _check_step_args(x, score, noise, None)
     if out is None:
         out = torch.empty_like(x)

@@ -169,3 +169,26 @@ def test_perturb_gradients_match_reference(backend):
 
     got, want = run_both(backend, run)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 5), (1,), (3, 5), (2, 4096), (4, 3, 9, 11)])
+@pytest.mark.parametrize("coef_kind", ["scalar", "per_sample"])
+@pytest.mark.parametrize("variant", ["drift", "noisy", "out_given"])
+def test_update_matches_reference_and_leaves_x(backend, dtype, shape, coef_kind, variant):
+    skip_unsupported(backend, dtype)
+    a, b, c = coefs(coef_kind, shape[0])
+    c = 0.0 if variant == "drift" else c
+
+    def run():
+        x = make(shape, dtype, "transposed", 8)
+        s = make(shape, dtype, "transposed", 9)
+        x0 = x.clone()
+        out = make(shape, dtype, "transposed", 10) if variant == "out_given" else None
+        got = ops.update(x, s, a, b, c, seed=21, offset=4, out=out)
+        assert torch.equal(x, x0) and (out is None or got is out)
+        return got
+
+    got, want = run_both(backend, run)
+    assert_same(got, want)
