@@ -16,13 +16,6 @@
 namespace fastscore {
 namespace {
 
-at::Tensor checked_dsm_coef(const at::Tensor& coef, const at::Tensor& score) {
-  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.dim() == 2 && coef.size(0) == 2 &&
-                  (coef.size(1) == 1 || coef.size(1) == row_geometry(score).first),
-              "fastscore: dsm coef must be float64 [2, 1] or [2, rows]");
-  return coef.to(at::kCPU).contiguous();
-}
-
 // Stages d = s + z * inv_sigma for flat elements [c0, c0 + n) of one row.
 template <typename scalar_t, typename opmath_t>
 inline void stage_residual(const scalar_t* s, const opmath_t* noise, const SeedOffset& so, int64_t base, int64_t c0,

@@ -41,6 +41,32 @@ inline at::Tensor checked_coef(const at::Tensor& coef, const at::Tensor& x) {
   return coef.to(x.device()).contiguous();
 }
 
+// coef of the DSM ops: float64 [2, 1] or [2, rows] (rows 1/sigma, weight), on score's device.
+inline at::Tensor checked_dsm_coef(const at::Tensor& coef, const at::Tensor& score) {
+  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.dim() == 2 && coef.size(0) == 2 &&
+                  (coef.size(1) == 1 || coef.size(1) == row_geometry(score).first),
+              "fastscore: dsm coef must be float64 [2, 1] or [2, rows]");
+  return coef.to(score.device()).contiguous();
+}
+
+// score [B, D...] with jv and probes v [B, P, D...] of the sliced score matching ops.
+struct SlicedGeometry {
+  int64_t B, P, D;
+};
+
+inline SlicedGeometry check_sliced(const at::Tensor& score, const at::Tensor& jv, const at::Tensor& v) {
+  TORCH_CHECK(score.dim() >= 1 && jv.dim() == score.dim() + 1, "fastscore: jv must be [B, P, ...] for score [B, ...]");
+  TORCH_CHECK(jv.sizes() == v.sizes(), "fastscore: v must match jv");
+  TORCH_CHECK(jv.size(0) == score.size(0) && jv.sizes().slice(2) == score.sizes().slice(1),
+              "fastscore: jv must be [B, P, ...] for score [B, ...]");
+  TORCH_CHECK(jv.scalar_type() == score.scalar_type() && v.scalar_type() == score.scalar_type(),
+              "fastscore: score, jv and v must share a dtype");
+  TORCH_CHECK(jv.device() == score.device() && v.device() == score.device(),
+              "fastscore: score, jv and v must be on one device");
+  const int64_t B = score.size(0), P = jv.size(1);
+  return {B, P, B == 0 ? 0 : score.numel() / B};
+}
+
 inline void check_like(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype, const char* name) {
   TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == dtype && t.device() == x.device(), "fastscore: ", name,
               " must match x in shape and device and have dtype ", dtype);

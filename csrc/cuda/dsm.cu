@@ -57,13 +57,6 @@ __global__ void dsm_backward_kernel(scalar_t* grad_score, const scalar_t* score,
   }
 }
 
-at::Tensor checked_coef2(const at::Tensor& coef, const at::Tensor& score) {
-  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.dim() == 2 && coef.size(0) == 2 &&
-                  (coef.size(1) == 1 || coef.size(1) == row_geometry(score).first),
-              "fastscore: dsm coef must be float64 [2, 1] or [2, rows]");
-  return coef.to(score.device()).contiguous();
-}
-
 at::Tensor dsm_loss_cuda(const at::Tensor& score, const at::Tensor& coef, const at::Tensor& seed,
                          const c10::optional<at::Tensor>& noise) {
   const SeedOffset so = read_seed(seed);
@@ -71,7 +64,7 @@ at::Tensor dsm_loss_cuda(const at::Tensor& score, const at::Tensor& coef, const 
   const int64_t rows = geometry.first, per_row = geometry.second;
   const at::ScalarType cd = score.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (score.numel() == 0) return at::zeros({rows}, score.options().dtype(cd));
-  const at::Tensor c = checked_coef2(coef, score);
+  const at::Tensor c = checked_dsm_coef(coef, score);
   const int64_t chunks_per_row = std::max<int64_t>(1, (per_row + kLossChunk - 1) / kLossChunk);
   at::Tensor partial = at::empty({rows, chunks_per_row}, score.options().dtype(at::kDouble));
   const at::Tensor s_c = score.contiguous();
@@ -95,7 +88,7 @@ at::Tensor dsm_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& scor
   const int64_t per_row = geometry.second, n = score.numel();
   at::Tensor grad_score = at::empty_like(score, at::MemoryFormat::Contiguous);
   if (n == 0) return grad_score;
-  const at::Tensor c = checked_coef2(coef, score);
+  const at::Tensor c = checked_dsm_coef(coef, score);
   const at::Tensor g64 = grad.to(score.device(), at::kDouble).contiguous();
   const at::Tensor s_c = score.contiguous();
   const int64_t base = so.offset * per_row;

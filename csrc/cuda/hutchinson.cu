@@ -28,22 +28,6 @@ namespace {
 
 constexpr int64_t kDotChunk = kThreads * 16;  // elements of a row per thread block in the forward
 
-struct Geometry {
-  int64_t B, P, D;
-};
-
-Geometry check_sliced(const at::Tensor& score, const at::Tensor& jv, const at::Tensor& v) {
-  TORCH_CHECK(score.dim() >= 1 && jv.dim() == score.dim() + 1, "fastscore: jv must be [B, P, ...] for score [B, ...]");
-  TORCH_CHECK(jv.sizes() == v.sizes(), "fastscore: v must match jv");
-  TORCH_CHECK(jv.size(0) == score.size(0) && jv.sizes().slice(2) == score.sizes().slice(1),
-              "fastscore: jv must be [B, P, ...] for score [B, ...]");
-  TORCH_CHECK(jv.scalar_type() == score.scalar_type() && v.scalar_type() == score.scalar_type(),
-              "fastscore: score, jv and v must share a dtype");
-  TORCH_CHECK(jv.device() == score.device() && v.device() == score.device(),
-              "fastscore: score, jv and v must be on one device");
-  const int64_t B = score.size(0), P = jv.size(1);
-  return {B, P, B == 0 ? 0 : score.numel() / B};
-}
 
 template <typename scalar_t>
 __device__ __forceinline__ double widen(scalar_t x) {
@@ -104,7 +88,7 @@ __global__ void sliced_backward_kernel(scalar_t* grad_score, scalar_t* grad_jv, 
 
 std::tuple<at::Tensor, at::Tensor> sliced_terms_cuda(const at::Tensor& score, const at::Tensor& jv,
                                                      const at::Tensor& v, bool variance_reduction) {
-  const Geometry g = check_sliced(score, jv, v);
+  const SlicedGeometry g = check_sliced(score, jv, v);
   const at::ScalarType cd = score.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (g.B == 0 || g.P == 0 || g.D == 0) {
     return {at::zeros({g.B}, score.options().dtype(cd)), at::zeros({g.B, g.P}, score.options().dtype(at::kDouble))};
@@ -132,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_cuda(const at::Tensor& score, co
 std::tuple<at::Tensor, at::Tensor> sliced_terms_backward_cuda(const at::Tensor& grad, const at::Tensor& score,
                                                               const at::Tensor& v, const at::Tensor& dots,
                                                               bool variance_reduction) {
-  const Geometry g = check_sliced(score, v, v);
+  const SlicedGeometry g = check_sliced(score, v, v);
   at::Tensor grad_score = at::empty_like(score, at::MemoryFormat::Contiguous);
   at::Tensor grad_jv = at::empty_like(v, at::MemoryFormat::Contiguous);
   if (g.B == 0 || g.P == 0 || g.D == 0) return {grad_score.zero_(), grad_jv.zero_()};
