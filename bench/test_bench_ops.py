@@ -6,9 +6,13 @@ callable that is timed; one parametrized test times it. Rows:
 
     op        langevin_step_, step_, perturb, noise, update (an ODE stage's drift
               f x - g^2/2 s, no noise), langevin_corrector_ (score_sde's SNR step)
-    size      2x4096 (2-D toy batch), 64x3x32x32 (CIFAR batch), 16x3x256x256
-    provider  cpp, reference  fastscore under fastscore.use_backend(provider)
+    size      4x2 (where the kernel costs ~nothing: the per-call host cost),
+              2x4096 (2-D toy batch: 4096 rows of 2), 64x3x32x32 (CIFAR batch), 16x3x256x256
+    provider  cpp, reference  fastscore under fastscore.use_backend(provider), each call
+                              with the next step seed of a run (derive_seed(SEED, k): the
+                              full 64-bit seeds real samplers pass, not one fixed seed)
               eager           the score_sde / NCSN line (returns a new x, as they do)
+              diffusers       (corrector only) diffusers' ScoreSdeVeScheduler.step_correct
               compile         torch.compile(eager function), default inductor,
                               dynamic=False (a sampler runs one shape)
 
@@ -25,6 +29,7 @@ pass 2 and writes x (16 N). Eager rows move more.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import pytest
@@ -32,14 +37,16 @@ import torch
 
 import fastscore
 from fastscore import backends
+from fastscore.ops import derive_seed
 
 OPS = ("langevin_step_", "step_", "perturb", "noise", "update", "langevin_corrector_")
 SIZES = {
-    "2x4096": (2, 4096),
+    "4x2": (4, 2),
+    "2x4096": (4096, 2),  # the 2-D toy batch: B = 4096 points, D = 2 (short rows)
     "64x3x32x32": (64, 3, 32, 32),
     "16x3x256x256": (16, 3, 256, 256),
 }
-PROVIDERS = ("cpp", "reference", "eager", "compile")
+PROVIDERS = ("cpp", "reference", "eager", "diffusers", "compile")
 # Under --benchmark-disable (the CI smoke run, < 60 s) each compile row would cost a fresh
 # inductor compile (1-2 s warm, ~10 s for the first one on a cold cache) to run once.
 SMOKE_COMPILE_SIZE = "2x4096"
@@ -94,11 +101,27 @@ def eager_langevin_corrector(x, score):
     return x_mean + torch.sqrt(step_size * 2) * noise
 
 
+def diffusers_langevin_corrector(x, score):
+    # diffusers ScoreSdeVeScheduler.step_correct, written out (randn_tensor -> randn_like)
+    noise = torch.randn_like(x)
+    grad_norm = torch.norm(score.reshape(score.shape[0], -1), dim=-1).mean()
+    noise_norm = torch.norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+    step_size = (SNR * noise_norm / grad_norm) ** 2 * 2
+    step_size = step_size * torch.ones(x.shape[0]).to(x.device)
+    step_size = step_size.flatten()
+    while len(step_size.shape) < len(x.shape):
+        step_size = step_size.unsqueeze(-1)
+    prev_sample_mean = x + step_size * score
+    return prev_sample_mean + ((step_size * 2) ** 0.5) * noise
+
+
 EAGER = {"langevin_step_": eager_langevin_step, "step_": eager_step, "perturb": eager_perturb, "noise": eager_noise,
          "update": eager_update, "langevin_corrector_": eager_langevin_corrector}
 
 
-def _unavailable(provider: str) -> str | None:
+def _unavailable(provider: str, op: str) -> str | None:
+    if provider == "diffusers" and op != "langevin_corrector_":
+        return "diffusers' formulation is benchmarked for the corrector only"
     if provider in ("cpp", "reference"):
         reasons = backends.not_supported_reasons(provider, torch.device("cpu"))
         if reasons:
@@ -122,19 +145,20 @@ def setup(op: str, size: str, provider: str):
 
     if provider in ("cpp", "reference"):
         ops = fastscore.ops
+        seeds = itertools.cycle([derive_seed(SEED, k) for k in range(4096)])  # a sampler's step seeds
         fns = {
-            "langevin_step_": lambda: ops.langevin_step_(x, score, EPS, seed=SEED),
-            "step_": lambda: ops.step_(x, score, A, B, C, seed=SEED),
-            "perturb": lambda: ops.perturb(x, SIGMA, seed=SEED),
-            "noise": lambda: fastscore.noise(shape, SEED),
+            "langevin_step_": lambda: ops.langevin_step_(x, score, EPS, seed=next(seeds)),
+            "step_": lambda: ops.step_(x, score, A, B, C, seed=next(seeds)),
+            "perturb": lambda: ops.perturb(x, SIGMA, seed=next(seeds)),
+            "noise": lambda: fastscore.noise(shape, next(seeds)),
             "update": lambda: ops.update(x, score, DRIFT_F, -0.5 * DRIFT_G2, out=out),
-            "langevin_corrector_": lambda: ops.langevin_corrector_(x, score, SNR, seed=SEED),
+            "langevin_corrector_": lambda: ops.langevin_corrector_(x, score, SNR, seed=next(seeds)),
         }
         with fastscore.use_backend(provider):
             yield fns[op]
         return
 
-    f = EAGER[op]
+    f = diffusers_langevin_corrector if provider == "diffusers" else EAGER[op]
     if provider == "compile":
         f = torch.compile(f, dynamic=False)
     args = {"perturb": (x,), "noise": (shape,)}.get(op, (x, score))
@@ -147,7 +171,7 @@ def setup(op: str, size: str, provider: str):
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("op", OPS)
 def test_op(benchmark, run_timed, request, op, size, provider):
-    reason = _unavailable(provider)
+    reason = _unavailable(provider, op)
     if reason:
         pytest.skip(reason)
     if provider == "compile" and size != SMOKE_COMPILE_SIZE and request.config.getoption("benchmark_disable"):

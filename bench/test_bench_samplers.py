@@ -36,7 +36,7 @@ import fastscore
 from fastscore import backends, ops, samplers
 from fastscore.sde import VESDE
 
-SIZES = {"2x4096": (2, 4096), "64x3x32x32": (64, 3, 32, 32)}
+SIZES = {"2x4096": (4096, 2), "64x3x32x32": (64, 3, 32, 32)}  # 2x4096: 4096 points in 2-D
 SAMPLERS = ("annealed_langevin", "pc")
 PROVIDERS = ("fused", "reference", "eager")
 SEED = 1234

@@ -2,9 +2,9 @@
 // regenerated, never stored.
 //   pass 1: per-row sums of squares of score and z in float64 (row_reduce.h: the sum's
 //           order, and so its bits, does not depend on the thread count);
-//   host:   eps = (snr * |z| / |s|)^2 * 2 * alpha (batch means or per row), exactly the
-//           operation order of reference.corrector_step_size;
-//   pass 2: the fused update with per-row (1, eps, sqrt(2 eps)) — the step kernel.
+//   host:   eps = (snr * |z| / |s|)^2 * 2 * alpha (batch means or per row), the rule of
+//           op_common.h (reference.corrector_step_size's operation order);
+//   pass 2: the fused update with per-row (1, eps, sqrt(2 eps)) — the update kernel.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,10 +12,9 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu_noise.h"
-#include "philox.h"
+#include "cpu_update.h"
+#include "plain.h"
 #include "row_reduce.h"
-#include "step_cpu.h"
 
 namespace fastscore {
 namespace {
@@ -23,24 +22,20 @@ namespace {
 // Per-row sums of squares of the score and of z (the stream, or an explicit noise
 // array), staged in the compute type and reduced in float64 (row_reduce.h).
 template <typename scalar_t, typename noise_t>
-void row_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, int64_t rows, int64_t per_row,
+void row_sq_sums(const scalar_t* s, const noise_t* noise, const HostStream& st, int64_t rows, int64_t per_row,
                  std::vector<double>& ss, std::vector<double>& zz) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t base = so.offset * per_row;
-  const auto sums = row_block_sums<2>(rows, per_row, [&](int64_t c0, int64_t n, double (*lanes)[kLanes]) {
-    alignas(64) opmath_t sv[kChunk], zv[kChunk];
-    for (int64_t t = 0; t < n; ++t) sv[t] = static_cast<opmath_t>(s[c0 + t]);
+  const int64_t base = st.offset * per_row;
+  const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
+  const auto sums = row_sums<2, 2, opmath_t>(rows, per_row, squares, [&](int64_t c0, int64_t n, opmath_t (*f)[kChunk]) {
+    for (int64_t t = 0; t < n; ++t) f[0][t] = static_cast<opmath_t>(s[c0 + t]);
     if (noise != nullptr) {
-      for (int64_t t = 0; t < n; ++t) zv[t] = static_cast<opmath_t>(noise[c0 + t]);
+      for (int64_t t = 0; t < n; ++t) f[1][t] = static_cast<opmath_t>(noise[c0 + t]);
     } else {
-      for_each_noise_tile(so, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
-        for (int64_t t = 0; t < count; ++t) zv[i - c0 + t] = static_cast<opmath_t>(z[t]);
+      for_each_noise_tile(st, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
+        for (int64_t t = 0; t < count; ++t) f[1][i - c0 + t] = static_cast<opmath_t>(z[t]);
       });
     }
-    const int64_t padded = zero_pad(sv, n);
-    zero_pad(zv, n);
-    accumulate_dot(sv, sv, lanes[0], padded);
-    accumulate_dot(zv, zv, lanes[1], padded);
   });
   ss.resize(rows);
   zz.resize(rows);
@@ -50,87 +45,62 @@ void row_sq_sums(const scalar_t* s, const noise_t* noise, const SeedOffset& so, 
   }
 }
 
-// coef [3, rows] = (1, eps, sqrt(2 eps)) per row; alpha has 1 or `rows` entries.
-std::vector<double> corrector_coef(const std::vector<double>& ss, const std::vector<double>& zz, double snr,
-                                   const double* alpha, int64_t alpha_len, bool per_sample) {
-  const int64_t rows = static_cast<int64_t>(ss.size());
-  std::vector<double> g(rows), n(rows);
-  for (int64_t r = 0; r < rows; ++r) {
-    g[r] = std::sqrt(ss[r]);
-    n[r] = std::sqrt(zz[r]);
-  }
-  if (!per_sample) {  // batch means, as score_sde and diffusers
-    double gm = 0.0, nm = 0.0;
-    for (int64_t r = 0; r < rows; ++r) {
-      gm += g[r];
-      nm += n[r];
-    }
-    gm /= static_cast<double>(rows);
-    nm /= static_cast<double>(rows);
-    g.assign(rows, gm);
-    n.assign(rows, nm);
-  }
-  std::vector<double> coef(3 * rows);
-  for (int64_t r = 0; r < rows; ++r) {
-    const double ratio = g[r] > 0.0 ? snr * n[r] / g[r] : 0.0;
-    const double eps = ratio * ratio * 2.0 * alpha[alpha_len == 1 ? 0 : r];
-    coef[r] = 1.0;
-    coef[rows + r] = eps;
-    coef[2 * rows + r] = std::sqrt(eps * 2.0);
-  }
-  return coef;
-}
-
-void corrector_impl(at::Tensor& x, const at::Tensor& score, const double* alpha, int64_t alpha_len, double snr,
-                    const SeedOffset& so, bool per_sample, const c10::optional<at::Tensor>& noise,
-                    const c10::optional<at::Tensor>& x_mean) {
+void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mean, const at::Tensor& score,
+                            double snr, double alpha, const c10::optional<at::Tensor>& alpha_t, bool per_sample,
+                            const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed_t,
+                            int64_t seed, const c10::optional<at::Tensor>& offset_t, int64_t offset) {
+  const HostStream st = host_stream(make_stream(seed_t, seed, offset_t, offset, x.device()));
   if (x.numel() == 0) return;
-  check_like(score, x, x.scalar_type(), "score");
+  const Coef alpha_c = make_coef(alpha, alpha_t, x, "alpha");
+  UpdateTensors t = make_update_tensors(x, x_mean, x, {score}, noise);
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  TORCH_CHECK(alpha_len == 1 || alpha_len == rows, "fastscore: alpha must have 1 or rows entries");
-  const at::Tensor score_c = score.contiguous();
   std::vector<double> ss, zz;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    check_like(noise, x, c10::CppTypeToScalarType<opmath_t>::value, "noise");
-    if (noise.has_value()) {
-      const at::Tensor noise_c = noise->contiguous();
-      row_sq_sums(score_c.data_ptr<scalar_t>(), noise_c.data_ptr<opmath_t>(), so, rows, per_row, ss, zz);
+    const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
+    if (t.noise.defined()) {
+      row_sq_sums(sp, t.noise.data_ptr<opmath_t>(), st, rows, per_row, ss, zz);
     } else {
-      row_sq_sums(score_c.data_ptr<scalar_t>(), static_cast<const float*>(nullptr), so, rows, per_row, ss, zz);
+      row_sq_sums(sp, static_cast<const float*>(nullptr), st, rows, per_row, ss, zz);
     }
   });
-  const std::vector<double> coef = corrector_coef(ss, zz, snr, alpha, alpha_len, per_sample);
-  step_cpu_impl(x, score_c, coef.data(), rows, so, noise, x_mean, true);
-}
-
-void langevin_corrector_cpu(at::Tensor x, const at::Tensor& score, const at::Tensor& alpha, double snr,
-                            const at::Tensor& seed, bool per_sample, const c10::optional<at::Tensor>& noise,
-                            const c10::optional<at::Tensor>& x_mean) {
-  const SeedOffset so = read_seed(seed);
-  const at::Tensor alpha_c = alpha.to(at::kCPU, at::kDouble).contiguous();
-  corrector_impl(x, score, alpha_c.data_ptr<double>(), alpha_c.numel(), snr, so, per_sample, noise, x_mean);
-}
-
-// The eager fast path (scalar alpha, seed and offset as plain arguments).
-void langevin_corrector_scalar_cpu(at::Tensor x, const at::Tensor& score, double alpha, double snr, int64_t seed,
-                                   int64_t offset, bool per_sample, const c10::optional<at::Tensor>& x_mean) {
-  corrector_impl(x, score, &alpha, 1, snr, seed_offset(seed, offset), per_sample, c10::nullopt, x_mean);
+  // The rule: on the batch means of the norms (as score_sde and diffusers), or per row.
+  double gm = 0.0, nm = 0.0;
+  if (!per_sample) {
+    for (int64_t r = 0; r < rows; ++r) {
+      gm += std::sqrt(ss[r]);
+      nm += std::sqrt(zz[r]);
+    }
+    gm /= static_cast<double>(rows);
+    nm /= static_cast<double>(rows);
+  }
+  UpdateCoefs u;
+  std::vector<double> step;  // per row: eps_r, then sqrt(2 eps_r)
+  if (!per_sample && !alpha_c.per_row()) {
+    // One eps for every row: plain scalars, so the update runs in one vectorised segment.
+    const double eps = corrector_eps(gm, nm, snr, alpha_c.at_row(0));
+    const double both[2] = {eps, std::sqrt(eps * 2.0)};
+    u = corrector_update_coefs(both, 1, x_mean.has_value());
+    for (int o = 0; o < u.n_out; ++o) u.slot[o][1] = value_coef(both[0]);
+    u.slot[0][2] = value_coef(both[1]);
+    u.per_row = false;
+  } else {
+    step.resize(2 * rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const double g = per_sample ? std::sqrt(ss[r]) : gm, n = per_sample ? std::sqrt(zz[r]) : nm;
+      step[r] = corrector_eps(g, n, snr, alpha_c.at_row(r));
+      step[rows + r] = std::sqrt(step[r] * 2.0);
+    }
+    u = corrector_update_coefs(step.data(), rows, x_mean.has_value());
+  }
+  update_cpu_run(t, u, st);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastscore, m) {
-  m.def("langevin_corrector_(Tensor(a!) x, Tensor score, Tensor alpha, float snr, Tensor seed, bool per_sample, "
-        "Tensor? noise, Tensor(b!)? x_mean) -> ()");
-  m.def("langevin_corrector_scalar_(Tensor(a!) x, Tensor score, float alpha, float snr, int seed, int offset, "
-        "bool per_sample, Tensor(b!)? x_mean) -> ()");
-}
+TORCH_LIBRARY_IMPL(fastscore, CPU, m) { m.impl("langevin_corrector_", &langevin_corrector_cpu); }
 
-TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
-  m.impl("langevin_corrector_", &langevin_corrector_cpu);
-  m.impl("langevin_corrector_scalar_", &langevin_corrector_scalar_cpu);
-}
+FASTSCORE_PLAIN(langevin_corrector_, langevin_corrector_cpu, 0, 1);
 
 }  // namespace fastscore

@@ -43,7 +43,10 @@ FS_HD float fs_mul(float a, float b) { return __fmul_rn(a, b); }
 FS_HD float fs_div(float a, float b) { return __fdiv_rn(a, b); }
 FS_HD float fs_sqrt(float a) { return __fsqrt_rn(a); }
 FS_HD double fs_add(double a, double b) { return __dadd_rn(a, b); }
+FS_HD double fs_sub(double a, double b) { return __dsub_rn(a, b); }
 FS_HD double fs_mul(double a, double b) { return __dmul_rn(a, b); }
+FS_HD double fs_div(double a, double b) { return __ddiv_rn(a, b); }
+FS_HD double fs_sqrt(double a) { return __dsqrt_rn(a); }
 FS_HD int32_t fs_float_bits(float a) { return __float_as_int(a); }
 FS_HD float fs_bits_float(int32_t a) { return __int_as_float(a); }
 FS_HD uint32_t fs_umulhi(uint32_t a, uint32_t b) { return __umulhi(a, b); }
@@ -54,7 +57,10 @@ FS_HD float fs_mul(float a, float b) { return a * b; }
 FS_HD float fs_div(float a, float b) { return a / b; }
 FS_HD float fs_sqrt(float a) { return __builtin_sqrtf(a); }
 FS_HD double fs_add(double a, double b) { return a + b; }
+FS_HD double fs_sub(double a, double b) { return a - b; }
 FS_HD double fs_mul(double a, double b) { return a * b; }
+FS_HD double fs_div(double a, double b) { return a / b; }
+FS_HD double fs_sqrt(double a) { return __builtin_sqrt(a); }
 FS_HD int32_t fs_float_bits(float a) { int32_t i; std::memcpy(&i, &a, 4); return i; }
 FS_HD float fs_bits_float(int32_t i) { float a; std::memcpy(&a, &i, 4); return a; }
 FS_HD uint32_t fs_umulhi(uint32_t a, uint32_t b) {
@@ -160,10 +166,16 @@ FS_HD void normals4(uint32_t c_lo, uint32_t c_hi, uint32_t k0, uint32_t k1, floa
   box_muller_f32(uniform_f32(w.w2), uniform_f32(w.w3), &n[2], &n[3]);
 }
 
-// The fused update: mean = a*x + b*s, out = mean + c*z, rounded in that order.
-template <typename T>
-FS_HD T affine3(T a, T x, T b, T s, T c, T z) {
-  return fs_add(fs_add(fs_mul(a, x), fs_mul(b, s)), fs_mul(c, z));
+// The Rademacher probe of a Philox word: -1 where bit 31 is set, else +1.
+FS_HD float rademacher_of_word(uint32_t w) { return (w >> 31) != 0u ? -1.0f : 1.0f; }
+
+// The k-th step seed of a run: SplitMix64's k-th output from state `seed`
+// (fastscore/_common.derive_seed; ops.derive_seeds on every backend).
+FS_HD uint64_t derive_seed(uint64_t seed, uint64_t k) {
+  uint64_t z = seed + (k + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
 
 }  // namespace fastscore

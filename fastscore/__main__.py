@@ -8,12 +8,12 @@ import sys
 
 import torch
 
-OPS = ("noise", "step_", "langevin_step_", "perturb")
 
 
 def info() -> None:
-    """Versions, what was built, and which backend serves which op (like xformers.info)."""
-    from fastscore import backends
+    """Versions, what was built, and which backend serves each op and why the others
+    cannot (like xformers.info)."""
+    from fastscore import backends, ops
 
     print(f"fastscore  {__import__('fastscore').__version__}")
     print(f"python     {platform.python_version()}  torch {torch.__version__}  "
@@ -31,17 +31,17 @@ def info() -> None:
               f"{torch.backends.cpu.get_cpu_capability()}); CUDA kernels: {backends.extension_has_cuda()}")
     print(f"selected   {backends.get_backend()}")
     for device in ("cpu", "cuda"):
-        dev = torch.device(device)
-        avail = backends.available_backends(dev)
         try:
-            serving = backends.resolve(dev)
+            serving = backends.resolve(device)
         except RuntimeError as e:
             serving = f"none ({e})"
-        print(f"{device:5s}      available {avail}; serves {', '.join(OPS)} -> {serving}")
+        print(f"{device:5s}      available {backends.available_backends(device)}")
+        for op in (o for o in ops.__all__ if o != "derive_seed"):  # derive_seed is an int function
+            print(f"           {op:22s} {serving} serves it")
         for b in backends.BACKENDS:
-            reasons = backends.not_supported_reasons(b, dev)
+            reasons = backends.not_supported_reasons(b, device)
             if reasons:
-                print(f"           {b:9s} unavailable: {'; '.join(reasons)}")
+                print(f"           {b:9s} cannot: {'; '.join(reasons)}")
 
 
 def profile(out: str, size: str) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from fastscore import ops, reference
+from fastscore import ops
+from fastscore._common import uniform_f32
 from fastscore.sde import SDE
 
 SLICED_DISTS = ("rademacher", "gaussian")
@@ -43,25 +44,17 @@ def _scored(score_fn, x, *args):
     return s
 
 
-def _denoising_loss(score_fn, x, sigma, weight, seed, offset, mean_scale=None, score_arg=None):
+def _denoising_loss(score_fn, x, sigma, weight, seed, offset, mean_scale=1.0, score_arg=None):
     """mean_b 0.5 w_b |s(x~_b) + z_b / sigma_b|^2 with x~ = m x + sigma z: ``perturb`` then the
-    fused ``dsm_loss`` under one (seed, offset), so both see the same z and none is stored.
-    sigma, weight, mean_scale: float64 [B] tensors built (and checked) by the callers,
-    so the ops' argument checks are not repeated per training step."""
-    B = x.shape[0]
-    impl = ops._impl(x.device)
-    seed_t = ops._seed_tensor(seed, offset)
-    ones = torch.ones(B, dtype=torch.float64, device=x.device)
-    scale = ones if mean_scale is None else mean_scale
-    x_tilde = impl.perturb(x.detach(), torch.stack([scale, torch.zeros_like(ones), sigma]), seed_t, None)
+    fused ``dsm_loss`` under one (seed, offset), so both see the same z and none is stored."""
+    x_tilde = ops.perturb(x.detach(), sigma, seed=seed, offset=offset, mean_scale=mean_scale)
     s = _scored(score_fn, x_tilde, *(() if score_arg is None else (score_arg.to(x.dtype),)))
-    return impl.dsm_loss(s, torch.stack([1.0 / sigma, weight]), seed_t, None).mean()
+    return ops.dsm_loss(s, sigma, seed=seed, offset=offset, weight=weight).mean()
 
 
 def row_uniforms(seed: int, offset: int, rows: int, device="cpu") -> torch.Tensor:
     """One U[0, 1) float32 per row: Triton's uniform map of word 0 at counter offset + row."""
-    words = ops.philox_words(seed, offset, rows, device=device)[:, 0].to(torch.int64) & 0xFFFFFFFF
-    return reference.uniform_f32(words)
+    return uniform_f32(ops.philox_words(seed, offset, rows, device=device)[:, 0])
 
 
 def score_matching(score_fn, x):
@@ -122,8 +115,7 @@ def denoising_score_matching(score_fn, x, sigma, seed=0, offset=0):
     _check_x(x)
     if isinstance(sigma, torch.Tensor) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise ValueError(f"sigma must be a positive float, got {sigma!r}")
-    sig = torch.full((x.shape[0],), float(sigma), dtype=torch.float64, device=x.device)
-    return _denoising_loss(score_fn, x, sig, torch.ones_like(sig), seed, offset)
+    return _denoising_loss(score_fn, x, float(sigma), 1.0, seed, offset)
 
 
 def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=None):

@@ -1,418 +1,527 @@
 """fastscore's op layer: the one dispatch point between the public API and the backends.
 
-Public ops: noise, philox_words, probes (the stream); step_, langevin_step_, update,
-perturb (the fused update a*x + b*score + c*z); langevin_corrector_; dsm_loss;
-sliced_score_terms. Each (1) checks its arguments once, naming the bad one, (2) packs
-coefficients into float64 tensors (rows of [3, K], K = 1 or B) and seed/offset into an
-int64 [2] CPU tensor, (3) runs the backend chosen by ``fastscore.backends``.
+Public ops: ``noise``, ``probes``, ``philox_words``, ``derive_seed(s)`` (the stream);
+``step_``, ``langevin_step_``, ``update``, ``perturb``, ``combine`` (the fused update
+a*x + sum_k b_k*y_k + c*z); ``langevin_corrector_``; ``dsm_loss``; ``sliced_score_terms``.
 
-The seed travels as a tensor so that under torch.compile a new seed is new data, not a
-new graph: pass ``seed=torch.tensor(s)`` inside compiled code to never recompile. Eager
-CPU calls with plain floats and ints take a lean path (``_lean_cpu_call``): scalar
-variants of the ops, no tensors built, and for step_ no dispatcher at all.
-
-Compiled kernels are torch custom ops in the namespace ``fastscore``, defined (schema
-and CPU kernel) in csrc/*.cpp with CUDA kernels in csrc/cuda/; their fake (meta)
-kernels and autograd are registered here. The Triton ones (``triton_*``) are Python
-custom ops wrapping the launchers in kernels/, which import triton only when called.
+Every op has one description here: its schema (SCHEMAS, defined into the namespaces of
+all backends), its public function (checks that name the bad argument, then one call),
+its fake (meta) kernel and its autograd, side by side. Every backend implements the same
+plain signature (fastscore/reference.py documents it). A call takes one of two doors,
+chosen in ``_call`` by one predicate:
+  * the plain door — the backend's function called directly (the C++ one without the
+    dispatcher) — for eager calls that need neither autograd nor tracing;
+  * the registered op ``torch.ops.<namespace>.<op>`` — for autograd, torch.compile,
+    opcheck, meta tensors and tensor subclasses.
+Seeds, offsets and coefficients may be Python numbers or tensors; tensors are passed on
+as they are and read by the kernels from memory, so nothing here reads device data on
+the host: a launch is safe inside CUDA-graph capture, and under torch.compile a new seed
+(``seed=torch.tensor(k)``) is new data, not a new graph.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
 
 import torch
 
-from fastscore import backends, reference
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_SEED_MOD = 1 << 64
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _check_float_tensor(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-
-
-def _check_like(t, x: torch.Tensor, name: str, same_dtype: bool = True) -> None:
-    _check_float_tensor(t, name)
-    if t.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
-    if same_dtype and t.dtype != x.dtype:
-        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
-
-
-def _check_no_grad(name: str, *tensors) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            f"{name} is an in-place sampler update and is not differentiable; inputs require grad "
-            "(run it under torch.no_grad(), or use perturb for a differentiable update)"
-        )
-
-
-def _coef_column(v, name: str, x: torch.Tensor, nonnegative: bool):
-    """A coefficient as a float (scalar) or a float64 [B] tensor on x's device."""
-    if isinstance(v, torch.Tensor):
-        if v.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be a float or a floating tensor, got {v.dtype}")
-        if v.dim() == 0:
-            v = v.to(torch.float64, copy=False)
-        elif v.dim() != 1 or x.dim() == 0 or v.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"{name} must be a scalar or a 1-D per-sample tensor of length x.shape[0]"
-                f" = {x.shape[0] if x.dim() else '(0-d x)'}, got shape {tuple(v.shape)}"
-            )
-        elif v.device != x.device:
-            raise ValueError(f"{name} must be on the device of x ({x.device}), got {v.device}")
-        # Checking the sign of a CUDA tensor would sync the host, and a traced graph
-        # cannot branch on data: eager CPU tensors are checked.
-        if (nonnegative and v.device.type == "cpu" and not torch.compiler.is_compiling()
-                and bool((~(v >= 0)).any())):
-            raise ValueError(f"{name} must be >= 0 (and not NaN), got {v.min().item()}")
-        return v.to(torch.float64)
-    if not isinstance(v, numbers.Real) or isinstance(v, bool):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
-    v = float(v)
-    if nonnegative and not v >= 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
-
-
-def _pack_coef(x: torch.Tensor, a, b, c) -> torch.Tensor:
-    """float64 [3, K]: rows (a, b, c); K = B if any is a per-sample [B] tensor, else 1."""
-    vals = (a, b, c)
-    if not any(isinstance(v, torch.Tensor) for v in vals):
-        return torch.tensor([[a], [b], [c]], dtype=torch.float64, device=x.device)
-    per_sample = any(isinstance(v, torch.Tensor) and v.dim() == 1 for v in vals)
-    k = x.shape[0] if per_sample else 1
-    cols = [v.to(x.device).reshape(-1).expand(k) if isinstance(v, torch.Tensor)
-            else torch.full((k,), v, dtype=torch.float64, device=x.device) for v in vals]
-    return torch.stack(cols)
-
-
-_M64 = (1 << 64) - 1
-
-
-def derive_seed(seed: int, k: int) -> int:
-    """Seed of the k-th draw of a run (sampler step, loss component): the k-th SplitMix64
-    output from state ``seed`` — a pure integer function, so one seed fixes a whole run."""
-    z = (int(seed) + (k + 1) * 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-def _seed_int64(seed) -> int:
-    """seed mod 2**64 as the two's-complement int64 the kernels take."""
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int or a one-element integer tensor, got {type(seed).__name__}")
-    s = int(seed) % _SEED_MOD
-    return s - _SEED_MOD if s >= 1 << 63 else s
-
-
-def _seed_tensor(seed, offset) -> torch.Tensor:
-    """int64 [2] CPU: (seed mod 2**64 as two's complement, offset in rows)."""
-    if isinstance(offset, torch.Tensor):
-        if offset.dtype.is_floating_point or offset.numel() != 1:
-            raise TypeError("offset must be a non-negative int or a one-element integer tensor")
-        offset = offset.reshape(1).to(device="cpu", dtype=torch.int64)
-    elif not isinstance(offset, numbers.Integral) or isinstance(offset, bool) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int (rows), got {offset!r}")
-    if isinstance(seed, torch.Tensor):
-        if seed.dtype.is_floating_point or seed.dtype == torch.bool or seed.numel() != 1:
-            raise TypeError(f"seed must be an int or a one-element integer tensor, got {seed.dtype} {tuple(seed.shape)}")
-        seed = seed.reshape(1).to(device="cpu", dtype=torch.int64)
-        off = offset if isinstance(offset, torch.Tensor) else torch.tensor([int(offset)], dtype=torch.int64)
-        return torch.cat([seed, off])
-    s = _seed_int64(seed)
-    if isinstance(offset, torch.Tensor):
-        return torch.cat([torch.tensor([s], dtype=torch.int64), offset])
-    return torch.tensor([s, int(offset)], dtype=torch.int64)
-
-
-def _profiled(name: str):
-    """Run the op inside record_function("fastscore::<name>") when a profiler is on
-    (free otherwise), and inside an NVTX range for CUDA tensors."""
-    label = f"fastscore::{name}"
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            if torch.compiler.is_compiling() or not torch.autograd.profiler._is_profiler_enabled:
-                return fn(*args, **kwargs)
-            with torch.profiler.record_function(label):
-                return fn(*args, **kwargs)
-
-        return inner
-
-    return wrap
-
-
-# --------------------------------------------------------------------------- backends
-# Each backend implements the same four calls on already-checked, packed arguments.
-
-
-class _Reference:
-    @staticmethod
-    def _coef_row(coef: torch.Tensor, i: int):
-        return coef[i] if coef.shape[1] != 1 else coef[i, 0]
-
-    @staticmethod
-    def _seed(seed_t):
-        return seed_t[0], int(seed_t[1])
-
-    def fill_noise_(self, out, seed_t):
-        seed, offset = self._seed(seed_t)
-        out.copy_(reference.noise(out.shape, seed, offset, dtype=torch.float32, device=out.device))
-
-    def fill_philox_(self, out, seed_t):
-        seed, first = self._seed(seed_t)
-        counters = torch.arange(first, first + out.shape[0], dtype=torch.int64, device=out.device)
-        w = torch.stack(reference.philox4x32(seed, counters), dim=1)
-        out.copy_((w - ((w >> 31) << 32)).to(torch.int32))
-
-    def step_(self, x, score, coef, seed_t, noise, x_mean, with_noise):
-        seed, offset = self._seed(seed_t)
-        a, b, c = (self._coef_row(coef, i) for i in range(3))
-        reference.step_(x, score, a, b, c, seed, offset, x_mean, noise, with_noise)
-
-    def update_(self, out, x, score, coef, seed_t, noise, with_noise):
-        seed, offset = self._seed(seed_t)
-        a, b, c = (self._coef_row(coef, i) for i in range(3))
-        out.copy_(reference.fused_update(x, score, a, b, c, seed, offset, noise, with_noise)[0])
-
-    def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
-        seed, offset = self._seed(seed_t)
-        reference.langevin_corrector_(x, score, snr, seed, offset, alpha if alpha.numel() > 1 else alpha[0],
-                                      per_sample, x_mean, noise)
-
-    def dsm_loss(self, score, coef, seed_t, noise):
-        seed, offset = self._seed(seed_t)
-        return reference.dsm_loss(score, self._coef_row(coef, 0), self._coef_row(coef, 1), seed, offset, noise)
-
-    def dsm_loss_backward(self, grad, score, coef, seed_t, noise):
-        seed, offset = self._seed(seed_t)
-        return reference.dsm_loss_backward(grad, score, self._coef_row(coef, 0), self._coef_row(coef, 1), seed, offset,
-                                           noise)
-
-    def sliced_score_terms(self, score, jv, v, variance_reduction):
-        return reference.sliced_score_terms(score, jv, v, variance_reduction)
-
-    def perturb(self, x, coef, seed_t, noise):
-        seed, offset = self._seed(seed_t)
-        return reference.perturb(x, self._coef_row(coef, 0), self._coef_row(coef, 2), seed, offset, noise)
-
-
-class _Compiled:
-    """fastscore._C: the CPU kernels (cpp) and, when built with CUDA, the CUDA kernels."""
-
-    def fill_noise_(self, out, seed_t):
-        torch.ops.fastscore.fill_noise_(out, seed_t)
-
-    def fill_philox_(self, out, seed_t):
-        torch.ops.fastscore.fill_philox_(out, seed_t)
-
-    def step_(self, x, score, coef, seed_t, noise, x_mean, with_noise):
-        torch.ops.fastscore.step_(x, score, coef, seed_t, noise, x_mean, with_noise)
-
-    def perturb(self, x, coef, seed_t, noise):
-        return torch.ops.fastscore.perturb(x, coef, seed_t, noise)
-
-    def dsm_loss(self, score, coef, seed_t, noise):
-        return torch.ops.fastscore.dsm_loss(score, coef, seed_t, noise)
-
-    def sliced_score_terms(self, score, jv, v, variance_reduction):
-        return torch.ops.fastscore.sliced_score_terms(score, jv, v, variance_reduction)[0]
-
-    def dsm_loss_backward(self, grad, score, coef, seed_t, noise):
-        return torch.ops.fastscore.dsm_loss_backward(grad, score, coef, seed_t, noise)
-
-    def update_(self, out, x, score, coef, seed_t, noise, with_noise):
-        torch.ops.fastscore.update_(out, x, score, coef, seed_t, noise, with_noise)
-
-    def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
-        torch.ops.fastscore.langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
-
-    @staticmethod
-    def langevin_corrector_scalar_(x, score, alpha, snr, seed, offset, per_sample, x_mean):
-        _CORRECTOR_SCALAR(x, score, alpha, snr, seed, offset, per_sample, x_mean)
-
-    @staticmethod
-    def step_scalar_(x, score, a, b, c, seed, offset, x_mean, with_noise):
-        _STEP_SCALAR(x, score, a, b, c, seed, offset, x_mean, with_noise)
-
-
-_STEP_SCALAR = torch.ops.fastscore.step_scalar_.default if backends.HAS_EXTENSION else None
-# The same kernel called without the dispatcher (~2 us less per call), for the lean
-# eager path only: its arguments are checked by _lean_cpu_call first.
-_STEP_FAST = __import__("fastscore._C", fromlist=["step_fast"]).step_fast if backends.HAS_EXTENSION else None
-_UPDATE_FAST = __import__("fastscore._C", fromlist=["update_fast"]).update_fast if backends.HAS_EXTENSION else None
-_CORRECTOR_SCALAR = torch.ops.fastscore.langevin_corrector_scalar_.default if backends.HAS_EXTENSION else None
-_PERTURB_SCALAR = torch.ops.fastscore.perturb_scalar.default if backends.HAS_EXTENSION else None
-
-
-def _seed_ints(seed_t: torch.Tensor) -> tuple[int, int]:
-    s, o = seed_t.tolist()
-    return s, o
-
-
-@torch.library.custom_op("fastscore::triton_fill_noise_", mutates_args=("out",))
-def _triton_fill_noise_(out: torch.Tensor, seed: torch.Tensor) -> None:
-    from fastscore.kernels import noise as kn
-
-    kn.fill_noise_(out, *_seed_ints(seed))
-
-
-@torch.library.custom_op("fastscore::triton_step_", mutates_args=("x", "x_mean"))
-def _triton_step_(x: torch.Tensor, score: torch.Tensor | None, coef: torch.Tensor, seed: torch.Tensor,
-                  noise: torch.Tensor | None, x_mean: torch.Tensor | None, with_noise: bool) -> None:
-    from fastscore.kernels import step as ks
-
-    ks.fused_update_(x, x, score, coef, *_seed_ints(seed), noise, x_mean, with_noise)
-
-
-@torch.library.custom_op("fastscore::triton_perturb", mutates_args=())
-def _triton_perturb(x: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    from fastscore.kernels import step as ks
-
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    ks.fused_update_(out, x, None, coef, *_seed_ints(seed), noise, None, True)
-    return out
-
-
-@torch.library.custom_op("fastscore::triton_langevin_corrector_", mutates_args=("x", "x_mean"))
-def _triton_langevin_corrector_(x: torch.Tensor, score: torch.Tensor, alpha: torch.Tensor, snr: float,
-                                seed: torch.Tensor, per_sample: bool, noise: torch.Tensor | None,
-                                x_mean: torch.Tensor | None) -> None:
-    from fastscore.kernels import corrector as kc
-
-    kc.langevin_corrector_(x, score, alpha, snr, *_seed_ints(seed), per_sample, noise, x_mean)
-
-
-@torch.library.custom_op("fastscore::triton_update_", mutates_args=("out",))
-def _triton_update_(out: torch.Tensor, x: torch.Tensor, score: torch.Tensor | None, coef: torch.Tensor,
-                    seed: torch.Tensor, noise: torch.Tensor | None, with_noise: bool) -> None:
-    from fastscore.kernels import step as ks
-
-    ks.fused_update_(out, x, score, coef, *_seed_ints(seed), noise, None, with_noise)
-
-
-@torch.library.custom_op("fastscore::triton_dsm_loss", mutates_args=())
-def _triton_dsm_loss(score: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor,
-                     noise: torch.Tensor | None) -> torch.Tensor:
-    from fastscore.kernels import dsm as kd
-
-    return kd.dsm_loss(score, coef, *_seed_ints(seed), noise)
-
-
-@torch.library.custom_op("fastscore::triton_dsm_loss_backward", mutates_args=())
-def _triton_dsm_loss_backward(grad: torch.Tensor, score: torch.Tensor, coef: torch.Tensor, seed: torch.Tensor,
-                              noise: torch.Tensor | None) -> torch.Tensor:
-    from fastscore.kernels import dsm as kd
-
-    return kd.dsm_loss_backward(grad, score, coef, *_seed_ints(seed), noise)
-
-
-@torch.library.custom_op("fastscore::triton_sliced_score_terms", mutates_args=())
-def _triton_sliced_score_terms(score: torch.Tensor, jv: torch.Tensor, v: torch.Tensor,
-                               variance_reduction: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastscore.kernels import hutchinson as kh
-
-    return kh.sliced_score_terms(score, jv, v, variance_reduction)
-
-
-@torch.library.custom_op("fastscore::triton_sliced_score_terms_backward", mutates_args=())
-def _triton_sliced_score_terms_backward(grad: torch.Tensor, score: torch.Tensor, v: torch.Tensor, dots: torch.Tensor,
-                                        variance_reduction: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastscore.kernels import hutchinson as kh
-
-    return kh.sliced_score_terms_backward(grad, score, v, dots, variance_reduction)
-
-
-class _Triton:
-    def sliced_score_terms(self, score, jv, v, variance_reduction):
-        return _triton_sliced_score_terms(score, jv, v, variance_reduction)[0]
-
-    def dsm_loss(self, score, coef, seed_t, noise):
-        return _triton_dsm_loss(score, coef, seed_t, noise)
-
-    def dsm_loss_backward(self, grad, score, coef, seed_t, noise):
-        return _triton_dsm_loss_backward(grad, score, coef, seed_t, noise)
-
-    def update_(self, out, x, score, coef, seed_t, noise, with_noise):
-        _triton_update_(out, x, score, coef, seed_t, noise, with_noise)
-
-    def langevin_corrector_(self, x, score, alpha, snr, seed_t, per_sample, noise, x_mean):
-        _triton_langevin_corrector_(x, score, alpha, snr, seed_t, per_sample, noise, x_mean)
-
-    def fill_noise_(self, out, seed_t):
-        _triton_fill_noise_(out, seed_t)
-
-    def fill_philox_(self, out, seed_t):
-        from fastscore.kernels import noise as kn
-
-        s, first = _seed_ints(seed_t)
-        out.copy_(kn.philox_words(s, first, out.shape[0], out.device))
-
-    def step_(self, x, score, coef, seed_t, noise, x_mean, with_noise):
-        _triton_step_(x, score, coef, seed_t, noise, x_mean, with_noise)
-
-    def perturb(self, x, coef, seed_t, noise):
-        return _triton_perturb(x, coef, seed_t, noise)
-
-
-IMPLS = {"reference": _Reference(), "cpp": _Compiled(), "cuda": _Compiled(), "triton": _Triton()}
-
-
-def _impl(device: torch.device):
-    return IMPLS[backends.resolve(device)]
-
-
-# --------------------------------------------------------------------------- fakes, autograd
-
-
-def _fake_step_(x, score, coef, seed, noise, x_mean, with_noise):
+from fastscore import _checks, backends, reference
+from fastscore._common import compute_dtype, derive_seed, row_geometry, seed_bits
+
+__all__ = ["noise", "probes", "philox_words", "derive_seed", "derive_seeds", "step_", "langevin_step_", "update",
+           "perturb", "combine", "langevin_corrector_", "dsm_loss", "sliced_score_terms"]
+
+# --------------------------------------------------------------------------- the op surface
+
+_STREAM = "Tensor? seed_t, int seed, Tensor? offset_t, int offset"
+_COEFS = "float[] coef, Tensor[] coef_t, int[] coef_slot"
+SCHEMAS = {  # op: (family: the file of each backend that implements it, schema)
+    "fill_noise_": ("noise", f"(Tensor(a!) out, int dist, {_STREAM}) -> ()"),
+    "fill_philox_": ("noise", "(Tensor(a!) out, Tensor? seed_t, int seed, int counter) -> ()"),
+    "derive_seeds": ("noise", "(Tensor seed, int n) -> Tensor"),
+    "step_": ("step", f"(Tensor(a!) x, Tensor(b!)? out2, Tensor[] ys, {_COEFS}, Tensor? noise, {_STREAM}) -> ()"),
+    "update_": ("step", f"(Tensor(a!) out, Tensor(b!)? out2, Tensor x, Tensor[] ys, {_COEFS}, Tensor? noise, "
+                        f"{_STREAM}) -> ()"),
+    "lincomb": ("step", f"(Tensor x, Tensor[] ys, {_COEFS}, Tensor? noise, {_STREAM}) -> Tensor"),
+    "langevin_corrector_": ("corrector", "(Tensor(a!) x, Tensor(b!)? x_mean, Tensor score, float snr, float alpha, "
+                                         f"Tensor? alpha_t, bool per_sample, Tensor? noise, {_STREAM}) -> ()"),
+    "dsm_loss": ("dsm", "(Tensor score, float sigma, Tensor? sigma_t, float weight, Tensor? weight_t, Tensor? noise, "
+                        f"{_STREAM}) -> Tensor"),
+    "dsm_loss_backward": ("dsm", "(Tensor grad, Tensor score, float sigma, Tensor? sigma_t, float weight, "
+                                 f"Tensor? weight_t, Tensor? noise, {_STREAM}) -> Tensor"),
+    "sliced_score_terms": ("sliced", "(Tensor score, Tensor jv, Tensor v, bool variance_reduction) -> (Tensor, Tensor)"),
+    "sliced_score_terms_backward": ("sliced", "(Tensor grad, Tensor score, Tensor v, Tensor dots, "
+                                              "bool variance_reduction) -> (Tensor, Tensor)"),
+}
+NAMESPACES = tuple(dict.fromkeys(b.namespace for b in backends.REGISTRY.values()))
+_LIBS = {ns: torch.library.Library(ns, "FRAGMENT") for ns in NAMESPACES}  # kept alive: they own the ops
+for _lib in _LIBS.values():
+    for _name, (_, _args) in SCHEMAS.items():
+        _lib.define(_name + _args)
+for _name in SCHEMAS:
+    # The reference runs anywhere; the Triton launchers run on CUDA (and on CPU under the
+    # interpreter). fastscore:: gets its CPU and CUDA kernels from csrc/ (fastscore._C).
+    _LIBS["fastscore_reference"].impl(_name, getattr(reference, _name), "CompositeExplicitAutograd")
+    for _key in ("CPU", "CUDA"):
+        _LIBS["fastscore_triton"].impl(_name, (lambda op: lambda *a: getattr(backends.REGISTRY["triton"].plain, op)(*a))(
+            _name), _key)
+
+
+def _fake(name):
+    """Registers a fake (meta) kernel for op ``name`` in every namespace."""
+    def register(fn):
+        for ns in NAMESPACES:
+            torch.library.register_fake(f"{ns}::{name}", fn, lib=_LIBS[ns])
+        return fn
+
+    return register
+
+
+def _autograd(name, backward_for, setup_context):
+    """Registers autograd for op ``name`` in every namespace; ``backward_for(ns)`` gives
+    the backward that calls that namespace's own kernels."""
+    for ns in NAMESPACES:
+        torch.library.register_autograd(f"{ns}::{name}", backward_for(ns), setup_context=setup_context, lib=_LIBS[ns])
+
+
+# --------------------------------------------------------------------------- the one dispatch point
+
+# Every registered op, looked up once (a cache filled while tracing would be a guard that fails).
+_REGISTERED = {(ns, op): getattr(getattr(torch.ops, ns), op).default for ns in NAMESPACES for op in SCHEMAS}
+
+
+def _call(op, x, *args, grad=False, name=None):
+    """Runs ``op`` on the backend that serves ``x``, through one of its two doors, inside
+    the profiler label "fastscore::<name>" (the public op's name) and, on CUDA, an NVTX range."""
+    backend = backends.select(x)
+    if torch.compiler.is_compiling():
+        return _REGISTERED[(backend.namespace, op)](*args)
+    # The one predicate: the plain door for eager calls on plain tensors that need no autograd.
+    if (not grad and type(x) is torch.Tensor and backend.make_plain is not None and not x.is_meta
+            and not torch._C._are_functorch_transforms_active()):
+        fn = _plain_fn(backend, op)
+    else:
+        fn = _REGISTERED[(backend.namespace, op)]
+    if not (x.is_cuda or torch.autograd.profiler._is_profiler_enabled):
+        return fn(*args)
+    label = f"fastscore::{name or op}"
+    if x.is_cuda:
+        torch.cuda.nvtx.range_push(label)
+    try:
+        with torch.profiler.record_function(label):
+            return fn(*args)
+    finally:
+        if x.is_cuda:
+            torch.cuda.nvtx.range_pop()
+
+
+_PLAIN: dict[tuple[str, str], object] = {}  # filled by eager calls only (never while tracing)
+
+
+def _plain_fn(backend, op):
+    fn = _PLAIN.get((backend.name, op))
+    if fn is None:
+        fn = _PLAIN[(backend.name, op)] = getattr(backend.plain, op)
+    return fn
+
+
+def _stream(seed, offset, x):
+    """(seed_t, seed, offset_t, offset) of the schemas for data ``x``; plain ints take the short way."""
+    if type(seed) is int and type(offset) is int and 0 <= seed < 1 << 64 and 0 <= offset < 1 << 63:
+        return None, seed - (1 << 64) if seed >> 63 else seed, None, offset  # the seed's 64 bits (seed_bits)
+    return _checks.seed(seed, x.device) + _checks.offset(offset, x.device)
+
+
+def _slots(values):
+    """Coefficient values -> (coef, coef_t, coef_slot) of the schemas: the floats (0.0 where
+    a tensor stands), the tensors, and the slot of each tensor. (A list of tensors, not of
+    optional ones: torch.library's autograd can hand gradients only to the former.)"""
+    for v in values:
+        if type(v) is not float:
+            break
+    else:
+        return values, [], []  # floats only: the common eager case
+    coef, coef_t, coef_slot = [], [], []
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            coef.append(0.0)
+            coef_t.append(v)
+            coef_slot.append(i)
+        else:
+            coef.append(v)
+    return coef, coef_t, coef_slot
+
+
+def _requires_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+@_fake("fill_noise_")
+def _(out, dist, seed_t, seed, offset_t, offset):
     return None
 
 
-def _fake_dsm_loss(score, coef, seed, noise):
-    rows = score.shape[0] if score.dim() else 1
-    return score.new_empty((rows,), dtype=reference.compute_dtype(score.dtype))
+@_fake("fill_philox_")
+def _(out, seed_t, seed, counter):
+    return None
 
 
-def _fake_dsm_loss_backward(grad, score, coef, seed, noise):
-    return torch.empty_like(score, memory_format=torch.contiguous_format)
+@_fake("derive_seeds")
+def _(seed, n):
+    return seed.new_empty((n,), dtype=torch.int64)
 
 
-def _dsm_setup(ctx, inputs, output):
-    score, coef, seed, noise = inputs
-    ctx.save_for_backward(score, coef, seed, noise)  # no noise tensor: z is regenerated
+PROBE_DISTS = reference.NOISE_DISTS  # ("gaussian", "rademacher")
 
 
-def _dsm_backward_for(backward_op):
+def probes(shape, seed, offset=0, dist="rademacher", dtype=torch.float32, device="cpu"):
+    """The stream over ``shape`` (rows from ``offset``) as Hutchinson probes: "gaussian" is
+    ``noise``; "rademacher" is +1, or -1 where bit 31 of the Philox word behind element j
+    (word j & 3 of counter j >> 2) is set. Values are exact in every float dtype."""
+    if dist not in PROBE_DISTS:
+        raise ValueError(f"dist must be one of {PROBE_DISTS}, got {dist!r}")
+    out = torch.empty(_checks.shape(shape), dtype=_checks.dtype(dtype), device=device)
+    if out.numel():
+        _call("fill_noise_", out, out, PROBE_DISTS.index(dist), *_stream(seed, offset, out),
+              name="noise" if dist == "gaussian" else "probes")
+    return out
+
+
+def noise(shape, seed, offset=0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The noise stream over ``shape`` (rows from ``offset``): N(0, 1) float32 values,
+    bit-identical on every backend, converted to ``dtype`` (fp16/bf16 round to nearest)."""
+    return probes(shape, seed, offset, "gaussian", dtype, device)
+
+
+def philox_words(seed, first_counter: int, n: int, device="cpu") -> torch.Tensor:
+    """Raw Philox4x32-10 words (int32 bit patterns, [n, 4]) of counters first..first+n-1."""
+    if not (_checks.is_int(first_counter) and 0 <= first_counter < 1 << 63 and _checks.is_int(n) and n >= 0):
+        raise ValueError(f"first_counter and n must be non-negative ints, got {first_counter!r}, {n!r}")
+    out = torch.empty((n, 4), dtype=torch.int32, device=device)
+    if n:
+        seed_t, s = _checks.seed(seed, out.device)
+        _call("fill_philox_", out, out, seed_t, s, int(first_counter), name="philox_words")
+    return out
+
+
+def derive_seeds(seed, n: int, device=None) -> torch.Tensor:
+    """The step seeds ``derive_seed(seed, k)`` for k < n, as an int64 tensor (two's
+    complement) on the seed's device (``device`` for an int seed, CPU by default). A tensor
+    seed stays on its device: the seeds are derived there, with no host read."""
+    if not _checks.is_int(n) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if not isinstance(seed, torch.Tensor):
+        _checks.seed(seed)
+        return torch.tensor([seed_bits(derive_seed(seed, k)) for k in range(n)], dtype=torch.int64,
+                            device=device or "cpu")
+    seed_t, _ = _checks.seed(seed)
+    return _call("derive_seeds", seed_t, seed_t, int(n))
+
+
+# --------------------------------------------------------------------------- the fused update
+
+
+@_fake("step_")
+def _(x, out2, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset):
+    return None
+
+
+@_fake("update_")
+def _(out, out2, x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset):
+    return None
+
+
+@_fake("lincomb")
+def _(x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _lincomb_setup(ctx, inputs, output):
+    x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset = inputs
+    ctx.coef, ctx.coef_slot, ctx.stream, ctx.n_ys = list(coef), list(coef_slot), (seed, offset), len(ys)
+    ctx.save_for_backward(x, noise, seed_t, offset_t, *ys, *coef_t)
+
+
+def _lincomb_backward_for(ns):
     def backward(ctx, grad):
-        score, coef, seed, noise = ctx.saved_tensors
-        grad_score = backward_op(grad, score, coef, seed, noise) if ctx.needs_input_grad[0] else None
-        return grad_score, None, None, None
+        """out = a x + sum_k b_k y_k + c z: d/dx = a g, d/dy_k = b_k g, d/dnoise = c g, and a
+        tensor coefficient gets the row sums (or the total) of g times its term."""
+        x, noise, seed_t, offset_t, *rest = ctx.saved_tensors
+        ys, coef_t = rest[:ctx.n_ys], rest[ctx.n_ys:]
+        coef, n = ctx.coef, ctx.n_ys + 2
+        by_slot = reference.slot_tensors(len(coef), coef_t, ctx.coef_slot)
+        cd = compute_dtype(x.dtype)
+        g = grad.to(cd)
+
+        def c(i):
+            return reference.per_sample(coef[i] if by_slot[i] is None else by_slot[i], x, cd)
+
+        noisy = reference.has_noise_term(coef, by_slot, n - 1)
+        z = None
+        if noisy and by_slot[n - 1] is not None and by_slot[n - 1].requires_grad:
+            if noise is not None:
+                z = noise.to(cd)
+            else:
+                z = torch.empty(x.shape, dtype=cd, device=x.device)
+                getattr(torch.ops, ns).fill_noise_(z, 0, seed_t, ctx.stream[0], offset_t, ctx.stream[1])
+        terms = [x, *ys, z]
+        dims = tuple(range(1, x.dim()))
+        grad_coef_t = []
+        for i, t in zip(ctx.coef_slot, coef_t):
+            if not t.requires_grad or terms[i] is None:
+                grad_coef_t.append(None)
+                continue
+            prod = g * terms[i].to(cd)
+            grad_coef_t.append((prod.sum(dims) if t.dim() == 1 else prod.sum()).to(t.dtype))
+        grad_x = (c(0) * g).to(x.dtype) if x.requires_grad else None
+        grad_ys = [(c(1 + k) * g).to(y.dtype) if y.requires_grad else None for k, y in enumerate(ys)]
+        grad_noise = (c(n - 1) * g).to(noise.dtype) if noise is not None and noise.requires_grad and noisy else None
+        # (An empty int list is a list to torch.library's autograd, a non-empty one a leaf.)
+        return grad_x, grad_ys, None, grad_coef_t, [] if not ctx.coef_slot else None, grad_noise, None, None, None, None
 
     return backward
 
 
-def _fake_sliced_terms(score, jv, v, variance_reduction):
-    cd = reference.compute_dtype(score.dtype)
-    return score.new_empty((jv.shape[0],), dtype=cd), score.new_empty(jv.shape[:2], dtype=torch.float64)
+_autograd("lincomb", _lincomb_backward_for, _lincomb_setup)
 
 
-def _fake_sliced_terms_backward(grad, score, v, dots, variance_reduction):
+def _explicit_noise(noise, x):
+    """An explicit noise tensor, checked, in the compute dtype the kernels read."""
+    _checks.like(noise, x, "noise", same_dtype=False)
+    cd = compute_dtype(x.dtype)
+    return noise if noise.dtype == cd else noise.to(cd)
+
+
+def _check_in_place(op, x, ys, noise, out2, out2_name):
+    if (type(x) is torch.Tensor and x.is_cpu and not x.requires_grad and noise is None and out2 is None
+            and x.dtype in _checks.FLOAT_DTYPES):
+        for name, y in ys:  # the common eager case: nothing needs grad, nothing aliases
+            if type(y) is not torch.Tensor or y.requires_grad:
+                break
+            _checks.like(y, x, name)
+        else:
+            return
+    _checks.float_tensor(x, "x")
+    for name, y in ys:
+        if y is None:
+            raise TypeError(f"{name} must be a tensor shaped like x, got None")
+        _checks.like(y, x, name)
+    if out2 is not None:
+        _checks.like(out2, x, out2_name)
+        _checks.not_aliased(out2, x, out2_name)
+    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
+        raise RuntimeError(f"x is a leaf that requires grad; {op} updates x in place (use perturb, or torch.no_grad())")
+    _checks.no_grad(op, x, noise, out2, *(y for _, y in ys))
+
+
+def _update(op, x, out, out2, ys, values, seed, offset, noise):
+    """The fused update into ``out`` (x itself for an in-place op) and ``out2``."""
+    stream = _stream(seed, offset, x)
+    if noise is not None:
+        noise = _explicit_noise(noise, x)
+    if out is x:
+        _call("step_", x, x, out2, ys, *_slots(values), noise, *stream, name=op)
+    else:
+        _call("update_", x, out, out2, x, ys, *_slots(values), noise, *stream, name=op)
+    return out
+
+
+def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
+    """In place: x <- a*x + b*score + c*z, z the noise stream at (seed, offset rows) or the
+    explicit ``noise`` tensor; ``x_mean`` (optional) receives a*x + b*score.
+
+    Args:
+        x: [B, ...] float tensor, updated in place. score: shaped like x, or None (no b term).
+        a, b, c: floats, 0-d or per-sample [B] tensors on x's device. A float c == 0.0
+            skips the RNG (an ODE step).
+        seed, offset: ints or one-element int64 tensors (CPU or x's device); offset in rows.
+    Returns: x."""
+    _check_in_place("step_", x, [] if score is None else [("score", score)], noise, x_mean, "x_mean")
+    a, b, c = _checks.coef(a, "a", x), _checks.coef(b, "b", x), _checks.coef(c, "c", x)
+    if score is None:
+        ys, values = [], [a, c] + ([a, 0.0] if x_mean is not None else [])
+    else:
+        ys, values = [score], [a, b, c] + ([a, b, 0.0] if x_mean is not None else [])
+    return _update("step_", x, x, x_mean, ys, values, seed, offset, noise)
+
+
+def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
+    """In place: x <- x + eps*score + sqrt(2 eps)*z (unadjusted Langevin); eps >= 0, a float
+    or a per-sample [B] tensor. Returns x."""
+    _check_in_place("langevin_step_", x, [("score", score)], noise, None, "")
+    eps = _checks.coef(step_size, "step_size", x, nonnegative=True)
+    scale = math.sqrt(2.0 * eps) if not isinstance(eps, torch.Tensor) else torch.sqrt(2.0 * eps.double())
+    return _update("langevin_step_", x, x, None, [score], [1.0, eps, scale], seed, offset, noise)
+
+
+def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
+    """Out of place: a*x + b*score + c*z into ``out`` (a new tensor if None); x is not
+    modified. An ODE stage's drift is ``update(y, score, f_t, -g_t**2 / 2)``."""
+    _check_in_place("update", x, [] if score is None else [("score", score)], noise, None, "")
+    if out is None:
+        out = torch.empty_like(x)
+    else:
+        _checks.like(out, x, "out")
+        _checks.not_aliased(out, x, "out", " (use step_ for an in-place update)")
+        _checks.no_grad("update", out)
+    a, b, c = _checks.coef(a, "a", x), _checks.coef(b, "b", x), _checks.coef(c, "c", x)
+    ys, values = ([], [a, c]) if score is None else ([score], [a, b, c])
+    return _update("update", x, out, None, ys, values, seed, offset, noise)
+
+
+def combine(x, ys, coefs, seed=0, offset=0, out=None, noise=None, out2=None, coefs2=None):
+    """The fused update in its general form, one pass over memory:
+
+        out  = coefs[0]*x  + sum_k coefs[1+k]*ys[k]  + coefs[-1]*z
+        out2 = coefs2[0]*x + sum_k coefs2[1+k]*ys[k] + coefs2[-1]*z      (when out2 is given)
+
+    rounded in that order in the compute dtype; z is the stream at (seed, offset) or the
+    explicit ``noise``, and a float 0.0 as the last coefficient drops that output's noise
+    term. ``ys``: up to 4 tensors shaped like x; ``coefs``: len(ys) + 2 floats, 0-d or
+    per-sample [B] tensors. ``out`` may be x (in place); by default a new tensor. Returns out."""
+    _checks.float_tensor(x, "x")
+    ys = list(ys)
+    if len(ys) > 4:
+        raise ValueError(f"ys: at most 4 tensors are combined, got {len(ys)}")
+    for k, y in enumerate(ys):
+        _checks.like(y, x, f"ys[{k}]")
+    coefs = list(coefs)
+    if len(coefs) != len(ys) + 2:
+        raise ValueError(f"coefs must have len(ys) + 2 = {len(ys) + 2} entries, got {len(coefs)}")
+    values = [_checks.coef(v, f"coefs[{i}]", x) for i, v in enumerate(coefs)]
+    if out2 is not None:
+        _checks.like(out2, x, "out2")
+        _checks.not_aliased(out2, x, "out2")
+        coefs2 = list(coefs2 if coefs2 is not None else [])
+        if len(coefs2) != len(ys) + 2:
+            raise ValueError(f"coefs2 must have len(ys) + 2 = {len(ys) + 2} entries, got {len(coefs2)}")
+        values += [_checks.coef(v, f"coefs2[{i}]", x) for i, v in enumerate(coefs2)]
+    elif coefs2 is not None:
+        raise ValueError("coefs2 is given without out2")
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    elif out is not x:
+        _checks.like(out, x, "out")
+        _checks.not_aliased(out, x, "out", " (pass out=x for an in-place update)")
+    for k, y in enumerate(ys):
+        if out is not x:
+            _checks.not_aliased(out, y, "out", f" or ys[{k}]")
+    _checks.no_grad("combine", x, out, out2, noise, *ys)
+    return _update("combine", x, out, out2, ys, values, seed, offset, noise)
+
+
+def perturb(x, sigma, seed=0, offset=0, mean_scale=1.0, noise=None):
+    """mean_scale*x + sigma*z, out of place and differentiable in x, sigma and mean_scale
+    (and ``noise``); sigma >= 0, floats, 0-d or per-sample [B] tensors. The same (seed,
+    offset) gives ``dsm_loss`` the same z."""
+    _checks.float_tensor(x, "x")
+    sigma = _checks.coef(sigma, "sigma", x, nonnegative=True)
+    mean_scale = _checks.coef(mean_scale, "mean_scale", x)
+    if noise is not None:
+        noise = _explicit_noise(noise, x)
+    return _call("lincomb", x, x, [], *_slots([mean_scale, sigma]), noise, *_stream(seed, offset, x),
+                 grad=_requires_grad(x, sigma, mean_scale, noise), name="perturb")
+
+
+# --------------------------------------------------------------------------- the Langevin corrector
+
+
+@_fake("langevin_corrector_")
+def _(x, x_mean, score, snr, alpha, alpha_t, per_sample, noise, seed_t, seed, offset_t, offset):
+    return None
+
+
+STEP_SIZE_MODES = ("batch", "per_sample")
+
+
+def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mode="batch", x_mean=None, noise=None):
+    """score_sde's LangevinCorrector step, in place: eps = (snr*|z|/|score|)^2 * 2*alpha,
+    x_mean = x + eps*score, x = x_mean + sqrt(2 eps)*z. Norms are batch means
+    (``step_size_mode="batch"``, as score_sde and diffusers) or per sample
+    (``"per_sample"``); they are reduced in the same pass that draws z (float64 sums),
+    and the second pass regenerates z instead of storing it. ``alpha``: float, 0-d or
+    [B] tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
+    Returns x."""
+    _check_in_place("langevin_corrector_", x, [("score", score)], noise, x_mean, "x_mean")
+    if step_size_mode not in STEP_SIZE_MODES:
+        raise ValueError(f"step_size_mode must be one of {STEP_SIZE_MODES}, got {step_size_mode!r}")
+    if isinstance(snr, torch.Tensor):
+        raise TypeError("snr must be a float")
+    snr = _checks.coef(snr, "snr", x, nonnegative=True)
+    alpha = _checks.coef(alpha, "alpha", x, nonnegative=True)
+    if noise is not None:
+        noise = _explicit_noise(noise, x)
+    alpha_v, alpha_t = (0.0, alpha) if isinstance(alpha, torch.Tensor) else (alpha, None)
+    if x.numel():
+        _call("langevin_corrector_", x, x, x_mean, score, snr, alpha_v, alpha_t, step_size_mode == "per_sample",
+              noise, *_stream(seed, offset, x))
+    return x
+
+
+# --------------------------------------------------------------------------- denoising score matching
+
+
+@_fake("dsm_loss")
+def _(score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t, offset):
+    return score.new_empty((row_geometry(score.shape)[0],), dtype=compute_dtype(score.dtype))
+
+
+@_fake("dsm_loss_backward")
+def _(grad, score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t, offset):
+    return torch.empty_like(score, memory_format=torch.contiguous_format)
+
+
+def _dsm_setup(ctx, inputs, output):
+    score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t, offset = inputs
+    ctx.floats = (sigma, weight, seed, offset)
+    ctx.save_for_backward(score, sigma_t, weight_t, noise, seed_t, offset_t)  # no noise tensor: z is regenerated
+
+
+def _dsm_backward_for(ns):
+    def backward(ctx, grad):
+        score, sigma_t, weight_t, noise, seed_t, offset_t = ctx.saved_tensors
+        sigma, weight, seed, offset = ctx.floats
+        grad_score = getattr(torch.ops, ns).dsm_loss_backward(grad, score, sigma, sigma_t, weight, weight_t, noise,
+                                                              seed_t, seed, offset_t, offset)
+        return (grad_score,) + (None,) * 9
+
+    return backward
+
+
+_autograd("dsm_loss", _dsm_backward_for, _dsm_setup)
+
+
+def dsm_loss(score, sigma, seed=0, offset=0, weight=None, noise=None):
+    """Per-sample denoising score matching loss 0.5 * weight * |score + z/sigma|^2 ([B],
+    fp32; fp64 for fp64 score), z regenerated from (seed, offset) — the z that
+    ``perturb(x, sigma, seed, offset)`` added — so no noise tensor is stored, in the
+    forward or in the fused backward. Differentiable w.r.t. score. sigma > 0 and weight:
+    floats, 0-d or per-sample [B] tensors (treated as constants)."""
+    _checks.batched(score, "score")
+    sigma = _checks.coef(sigma, "sigma", score, positive=True)
+    weight = _checks.coef(1.0 if weight is None else weight, "weight", score, nonnegative=True)
+    if noise is not None:
+        noise = _explicit_noise(noise, score)
+    sigma_v, sigma_t = (0.0, sigma.detach()) if isinstance(sigma, torch.Tensor) else (sigma, None)
+    weight_v, weight_t = (0.0, weight.detach()) if isinstance(weight, torch.Tensor) else (weight, None)
+    return _call("dsm_loss", score, score, sigma_v, sigma_t, weight_v, weight_t, noise,
+                 *_stream(seed, offset, score), grad=_requires_grad(score))
+
+
+# --------------------------------------------------------------------------- sliced score matching
+
+
+@_fake("sliced_score_terms")
+def _(score, jv, v, variance_reduction):
+    return (score.new_empty((jv.shape[0],), dtype=compute_dtype(score.dtype)),
+            score.new_empty(jv.shape[:2], dtype=torch.float64))
+
+
+@_fake("sliced_score_terms_backward")
+def _(grad, score, v, dots, variance_reduction):
     return (torch.empty_like(score, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
 
@@ -423,369 +532,27 @@ def _sliced_setup(ctx, inputs, output):
     ctx.save_for_backward(score, v, output[1])
 
 
-def _sliced_backward_for(backward_op):
+def _sliced_backward_for(ns):
     def backward(ctx, grad_terms, grad_dots):
         score, v, dots = ctx.saved_tensors
-        grad_score, grad_jv = backward_op(grad_terms, score, v, dots, ctx.variance_reduction)
+        grad_score, grad_jv = getattr(torch.ops, ns).sliced_score_terms_backward(grad_terms, score, v, dots,
+                                                                                 ctx.variance_reduction)
         return grad_score, grad_jv, None, None
 
     return backward
 
 
-def _fake_update_(out, x, score, coef, seed, noise, with_noise):
-    return None
+_autograd("sliced_score_terms", _sliced_backward_for, _sliced_setup)
 
 
-def _fake_corrector_(x, score, alpha, snr, seed, per_sample, noise, x_mean):
-    return None
-
-
-def _fake_perturb(x, coef, seed, noise):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _per_sample_row(coef: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
-    return reference.per_sample(coef[i] if coef.shape[1] != 1 else coef[i, 0], like, reference.compute_dtype(like.dtype))
-
-
-def _perturb_setup(ctx, inputs, output):
-    x, coef, seed, noise = inputs
-    ctx.save_for_backward(x, coef, seed, noise)
-
-
-def _perturb_backward(ctx, grad):
-    """out = a*x + c*z: dx = a*g, dnoise = c*g, da = sum_row(g*x), dc = sum_row(g*z)."""
-    x, coef, seed, noise = ctx.saved_tensors
-    cd = reference.compute_dtype(x.dtype)
-    g = grad.to(cd)
-    grad_x = (_per_sample_row(coef, 0, x) * g).to(x.dtype) if ctx.needs_input_grad[0] else None
-    grad_noise = (_per_sample_row(coef, 2, x) * g).to(noise.dtype) if noise is not None and ctx.needs_input_grad[3] else None
-    grad_coef = None
-    if ctx.needs_input_grad[1]:
-        z = noise.to(cd) if noise is not None else _noise_like(x, seed, cd)
-        dims = tuple(range(1, x.dim()))
-        rows = [(g * x.to(cd)).sum(dims), torch.zeros(g.shape[:1], dtype=cd, device=g.device), (g * z).sum(dims)]
-        grad_coef = torch.stack(rows).to(coef.dtype)
-        if coef.shape[1] == 1:
-            grad_coef = grad_coef.sum(1, keepdim=True)
-    return grad_x, grad_coef, None, grad_noise
-
-
-def _noise_like(x: torch.Tensor, seed_t: torch.Tensor, dtype) -> torch.Tensor:
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    if out.numel():
-        _impl(x.device).fill_noise_(out, seed_t)
-    return out.to(dtype)
-
-
-def _register_meta_and_autograd() -> None:
-    torch.library.register_fake("fastscore::triton_step_")(_fake_step_)
-    torch.library.register_fake("fastscore::triton_perturb")(_fake_perturb)
-    torch.library.register_fake("fastscore::triton_fill_noise_")(lambda out, seed: None)
-    torch.library.register_fake("fastscore::triton_langevin_corrector_")(_fake_corrector_)
-    torch.library.register_fake("fastscore::triton_update_")(_fake_update_)
-    torch.library.register_fake("fastscore::triton_sliced_score_terms")(_fake_sliced_terms)
-    torch.library.register_fake("fastscore::triton_sliced_score_terms_backward")(_fake_sliced_terms_backward)
-    torch.library.register_autograd("fastscore::triton_sliced_score_terms",
-                                    _sliced_backward_for(_triton_sliced_score_terms_backward),
-                                    setup_context=_sliced_setup)
-    torch.library.register_fake("fastscore::triton_dsm_loss")(_fake_dsm_loss)
-    torch.library.register_fake("fastscore::triton_dsm_loss_backward")(_fake_dsm_loss_backward)
-    torch.library.register_autograd("fastscore::triton_dsm_loss", _dsm_backward_for(_triton_dsm_loss_backward),
-                                    setup_context=_dsm_setup)
-    torch.library.register_autograd("fastscore::triton_perturb", _perturb_backward, setup_context=_perturb_setup)
-    if backends.HAS_EXTENSION:
-        torch.library.register_fake("fastscore::step_")(_fake_step_)
-        torch.library.register_fake("fastscore::step_scalar_")(lambda x, score, a, b, c, seed, offset, x_mean, w: None)
-        torch.library.register_fake("fastscore::perturb")(_fake_perturb)
-        torch.library.register_fake("fastscore::perturb_scalar")(
-            lambda x, mean_scale, sigma, seed, offset: torch.empty_like(x, memory_format=torch.contiguous_format))
-        torch.library.register_fake("fastscore::fill_noise_")(lambda out, seed: None)
-        torch.library.register_fake("fastscore::fill_philox_")(lambda out, seed: None)
-        torch.library.register_fake("fastscore::langevin_corrector_")(_fake_corrector_)
-        torch.library.register_fake("fastscore::langevin_corrector_scalar_")(
-            lambda x, score, alpha, snr, seed, offset, per_sample, x_mean: None)
-        torch.library.register_fake("fastscore::update_")(_fake_update_)
-        torch.library.register_fake("fastscore::sliced_score_terms")(_fake_sliced_terms)
-        torch.library.register_fake("fastscore::sliced_score_terms_backward")(_fake_sliced_terms_backward)
-        torch.library.register_autograd("fastscore::sliced_score_terms",
-                                        _sliced_backward_for(torch.ops.fastscore.sliced_score_terms_backward),
-                                        setup_context=_sliced_setup)
-        torch.library.register_fake("fastscore::dsm_loss")(_fake_dsm_loss)
-        torch.library.register_fake("fastscore::dsm_loss_backward")(_fake_dsm_loss_backward)
-        torch.library.register_autograd("fastscore::dsm_loss", _dsm_backward_for(torch.ops.fastscore.dsm_loss_backward),
-                                        setup_context=_dsm_setup)
-        torch.library.register_autograd("fastscore::perturb", _perturb_backward, setup_context=_perturb_setup)
-
-
-_register_meta_and_autograd()
-
-
-# --------------------------------------------------------------------------- public ops
-
-
-@_profiled("noise")
-def noise(shape, seed, offset=0, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """The noise stream over ``shape`` (rows from ``offset``): N(0, 1) float32 values,
-    bit-identical on every backend, converted to ``dtype``."""
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
-    shape = tuple(shape)
-    if any((not isinstance(s, numbers.Integral)) or s < 0 for s in shape):
-        raise ValueError(f"shape must be non-negative ints, got {shape}")
-    seed_t = _seed_tensor(seed, offset)
-    out = torch.empty(shape, dtype=torch.float32, device=device)
-    if out.numel():
-        _impl(out.device).fill_noise_(out, seed_t)
-    return out if dtype == torch.float32 else out.to(dtype)
-
-
-def philox_words(seed, first_counter: int, n: int, device="cpu") -> torch.Tensor:
-    """Raw Philox4x32-10 words (int32 bit patterns, [n, 4]) of counters first..first+n-1."""
-    out = torch.empty((n, 4), dtype=torch.int32, device=device)
-    if n:
-        _impl(out.device).fill_philox_(out, _seed_tensor(seed, first_counter))
-    return out
-
-
-def _check_step_args(x, score, noise, x_mean):
-    _check_float_tensor(x, "x")
-    if score is not None:
-        _check_like(score, x, "score")
-    if noise is not None:
-        _check_like(noise, x, "noise", same_dtype=False)
-    if x_mean is not None:
-        _check_like(x_mean, x, "x_mean")
-        if x_mean.data_ptr() == x.data_ptr() and x.numel():
-            raise ValueError("x_mean must not share memory with x")
-    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
-        raise RuntimeError("x is a leaf that requires grad; step_ updates x in place (use perturb, or torch.no_grad())")
-    _check_no_grad("step_", x, score, noise, x_mean)
-
-
-def _run_step(x, score, a, b, c, seed, offset, noise, x_mean, with_noise):
-    impl = _impl(x.device)
-    if noise is not None:
-        noise = noise.to(reference.compute_dtype(x.dtype))
-    # Eager fast path: plain floats and ints straight to the kernel, no tensors built.
-    # Under torch.compile the tensor form keeps a new seed from recompiling.
-    elif (type(a) is float and type(b) is float and type(c) is float and hasattr(impl, "step_scalar_")
-          and type(seed) is int and type(offset) is int and not torch.compiler.is_compiling()):
-        if offset < 0:
-            raise ValueError(f"offset must be a non-negative int (rows), got {offset!r}")
-        impl.step_scalar_(x, score, a, b, c, _seed_int64(seed), offset, x_mean, with_noise)
-        return x
-    seed_t = _seed_tensor(seed, offset)
-    if x.numel():
-        impl.step_(x, score, _pack_coef(x, a, b, c), seed_t, noise, x_mean, with_noise)
-    return x
-
-
-@_profiled("step_")
-def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
-    """In place: x <- a*x + b*score + c*z, z the noise stream at (seed, offset rows) or
-    the explicit ``noise`` tensor; ``x_mean`` (optional) receives a*x + b*score.
-    a, b, c: floats or per-sample [B] tensors. A scalar c == 0 skips the RNG (ODE step).
-    ``score=None`` drops the b term. Returns x."""
-    if (noise is None and x_mean is None and type(a) is float and type(b) is float and type(c) is float
-            and _lean_cpu_call(x, score, seed, offset)):
-        _STEP_FAST(x, score, a, b, c, seed, offset)
-        return x
-    _check_step_args(x, score, noise, x_mean)
-    a = _coef_column(a, "a", x, nonnegative=False)
-    b = _coef_column(b, "b", x, nonnegative=False)
-    c = _coef_column(c, "c", x, nonnegative=False)
-    with_noise = noise is not None or isinstance(c, torch.Tensor) or c != 0.0
-    return _run_step(x, score, a, b, c, seed, offset, noise, x_mean, with_noise)
-
-
-@_profiled("update")
-def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
-    """Out of place: a*x + b*score + c*z into ``out`` (a new tensor if None); x is not
-    modified. An ODE stage's drift is ``update(y, score, f_t, -g_t**2 / 2)``."""
-    if (noise is None and type(a) is float and type(b) is float and type(c) is float
-            and _lean_cpu_call(x, score, seed, offset)
-            and (out is None or (type(out) is torch.Tensor and out.shape == x.shape and out.dtype == x.dtype
-                                 and out.device.type == "cpu" and not out.requires_grad
-                                 and (out.data_ptr() != x.data_ptr() or not x.numel())))):
-        out = torch.empty_like(x) if out is None else out
-        _UPDATE_FAST(out, x, score, a, b, c, seed, offset)
-        return out
-    _check_step_args(x, score, noise, None)
-    if out is None:
-        out = torch.empty_like(x)
-    else:
-        _check_like(out, x, "out")
-        if out.data_ptr() == x.data_ptr() and x.numel():
-            raise ValueError("out must not share memory with x (use step_ for an in-place update)")
-    a = _coef_column(a, "a", x, nonnegative=False)
-    b = _coef_column(b, "b", x, nonnegative=False)
-    c = _coef_column(c, "c", x, nonnegative=False)
-    with_noise = noise is not None or isinstance(c, torch.Tensor) or c != 0.0
-    if noise is not None:
-        noise = noise.to(reference.compute_dtype(x.dtype))
-    if x.numel():
-        _impl(x.device).update_(out, x, score, _pack_coef(x, a, b, c), _seed_tensor(seed, offset), noise, with_noise)
-    return out
-
-
-def _lean_cpu_call(x, score, seed, offset) -> bool:
-    """True when an eager call can go straight to the C++ kernel with every check done
-    here in a few attribute reads: plain CPU tensors of one float dtype and shape,
-    int seed/offset, no autograd, the cpp backend selected. Anything else takes the
-    general path (which names the bad argument)."""
-    return (_STEP_SCALAR is not None and type(x) is torch.Tensor and type(score) is torch.Tensor
-            and type(seed) is int and type(offset) is int and 0 <= seed < 1 << 63 and offset >= 0
-            and x.dtype in FLOAT_DTYPES and score.dtype == x.dtype and score.shape == x.shape
-            and x.device.type == "cpu" and score.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or score.requires_grad))
-            and backends.serves_cpu_with_cpp() and not torch.compiler.is_compiling())
-
-
-@_profiled("langevin_step_")
-def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
-    """In place: x <- x + eps*score + sqrt(2 eps)*z (unadjusted Langevin); eps >= 0,
-    a float or a per-sample [B] tensor. Returns x."""
-    if noise is None and type(step_size) is float and step_size >= 0 and _lean_cpu_call(x, score, seed, offset):
-        _STEP_FAST(x, score, 1.0, step_size, math.sqrt(2.0 * step_size), seed, offset)
-        return x
-    _check_step_args(x, score, noise, None)
-    if score is None:
-        raise TypeError("score must be a tensor shaped like x, got None")
-    eps = _coef_column(step_size, "step_size", x, nonnegative=True)
-    noise_scale = torch.sqrt(2.0 * eps) if isinstance(eps, torch.Tensor) else math.sqrt(2.0 * eps)
-    return _run_step(x, score, 1.0, eps, noise_scale, seed, offset, noise, None, True)
-
-
-@_profiled("perturb")
-def perturb(x, sigma, seed=0, offset=0, mean_scale=1.0, noise=None):
-    """mean_scale*x + sigma*z (out of place, differentiable in x, sigma, mean_scale);
-    sigma >= 0, floats or per-sample [B] tensors. The same (seed, offset) gives
-    ``dsm_loss`` the same z."""
-    if (noise is None and type(sigma) is float and type(mean_scale) is float and sigma >= 0
-            and _lean_cpu_call(x, x, seed, offset)):  # x needs no grad here: no autograd graph to build
-        return _PERTURB_SCALAR(x, mean_scale, sigma, seed, offset)
-    _check_float_tensor(x, "x")
-    if noise is not None:
-        _check_like(noise, x, "noise", same_dtype=False)
-        noise = noise.to(reference.compute_dtype(x.dtype))
-    sigma = _coef_column(sigma, "sigma", x, nonnegative=True)
-    mean_scale = _coef_column(mean_scale, "mean_scale", x, nonnegative=False)
-    coef = _pack_coef(x, mean_scale, 0.0, sigma)
-    seed_t = _seed_tensor(seed, offset)
-    out = _impl(x.device).perturb(x, coef, seed_t, noise)
-    return out.to(x.dtype)
-
-
-STEP_SIZE_MODES = ("batch", "per_sample")
-
-
-@_profiled("langevin_corrector_")
-def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mode="batch", x_mean=None, noise=None):
-    """score_sde's LangevinCorrector step, in place: eps = (snr*|z|/|score|)^2 * 2*alpha,
-    x_mean = x + eps*score, x = x_mean + sqrt(2 eps)*z. Norms are batch means
-    (``step_size_mode="batch"``, as score_sde and diffusers) or per sample
-    (``"per_sample"``); they are reduced in the same pass that draws z (float64 sums),
-    and the second pass regenerates z instead of storing it. ``alpha``: float or [B]
-    tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
-    Returns x."""
-    if (noise is None and x_mean is None and type(alpha) is float and type(snr) is float and alpha >= 0
-            and snr >= 0 and step_size_mode in STEP_SIZE_MODES and _lean_cpu_call(x, score, seed, offset)):
-        _CORRECTOR_SCALAR(x, score, alpha, snr, seed, offset, step_size_mode == "per_sample", None)
-        return x
-    _check_step_args(x, score, noise, x_mean)
-    if score is None:
-        raise TypeError("score must be a tensor shaped like x, got None")
-    if step_size_mode not in STEP_SIZE_MODES:
-        raise ValueError(f"step_size_mode must be one of {STEP_SIZE_MODES}, got {step_size_mode!r}")
-    snr = _coef_column(snr, "snr", x, nonnegative=True)
-    if isinstance(snr, torch.Tensor):
-        raise TypeError("snr must be a float")
-    alpha = _coef_column(alpha, "alpha", x, nonnegative=True)
-    per_sample = step_size_mode == "per_sample"
-    impl = _impl(x.device)
-    if noise is not None:
-        noise = noise.to(reference.compute_dtype(x.dtype))
-    elif (type(alpha) is float and type(seed) is int and type(offset) is int and offset >= 0
-          and hasattr(impl, "langevin_corrector_scalar_") and not torch.compiler.is_compiling()):
-        impl.langevin_corrector_scalar_(x, score, alpha, snr, _seed_int64(seed), offset, per_sample, x_mean)
-        return x
-    alpha_t = alpha.reshape(-1) if isinstance(alpha, torch.Tensor) else torch.tensor([alpha], dtype=torch.float64)
-    if x.numel():
-        impl.langevin_corrector_(x, score, alpha_t, snr, _seed_tensor(seed, offset), per_sample, noise, x_mean)
-    return x
-
-
-@_profiled("dsm_loss")
-def dsm_loss(score, sigma, seed=0, offset=0, weight=None, noise=None):
-    """Per-sample denoising score matching loss 0.5 * weight * |score + z/sigma|^2 ([B],
-    fp32; fp64 for fp64 score), z regenerated from (seed, offset) — the z that
-    ``perturb(x, sigma, seed, offset)`` added — so no noise tensor is stored, in the
-    forward or in the fused backward. Differentiable w.r.t. score. sigma > 0 and weight:
-    floats or per-sample [B] tensors (treated as constants)."""
-    _check_float_tensor(score, "score")
-    if score.dim() == 0:
-        raise ValueError("score must have a batch dimension [B, ...]")
-    if noise is not None:
-        _check_like(noise, score, "noise", same_dtype=False)
-        noise = noise.to(reference.compute_dtype(score.dtype))
-    sigma = _coef_column(sigma, "sigma", score, nonnegative=True)
-    if isinstance(sigma, float) and sigma == 0.0:
-        raise ValueError("sigma must be > 0 (the loss divides by it)")
-    if (isinstance(sigma, torch.Tensor) and sigma.device.type == "cpu" and not torch.compiler.is_compiling()
-            and bool((sigma == 0).any())):
-        raise ValueError("sigma must be > 0 (the loss divides by it)")
-    weight = _coef_column(1.0 if weight is None else weight, "weight", score, nonnegative=True)
-    inv_sigma = 1.0 / sigma
-    per = any(isinstance(v, torch.Tensor) and v.dim() == 1 for v in (inv_sigma, weight))
-    k = score.shape[0] if per else 1
-    cols = [v.to(score.device).reshape(-1).expand(k) if isinstance(v, torch.Tensor)
-            else torch.full((k,), v, dtype=torch.float64, device=score.device) for v in (inv_sigma, weight)]
-    coef = torch.stack(cols).detach()
-    return _impl(score.device).dsm_loss(score, coef, _seed_tensor(seed, offset), noise)
-
-
-PROBE_DISTS = ("rademacher", "gaussian")
-
-
-@_profiled("probes")
-def probes(shape, seed, offset=0, dist="rademacher", dtype=torch.float32, device="cpu"):
-    """Hutchinson probes from the noise stream's Philox words: "gaussian" is ``noise``;
-    "rademacher" is +1, or -1 where bit 31 of the word behind element j (word j & 3 of
-    counter j >> 2) is set. Rows from ``offset``, as every stream."""
-    if dist == "gaussian":
-        return noise(shape, seed, offset, dtype=dtype, device=device)
-    if dist != "rademacher":
-        raise ValueError(f"dist must be one of {PROBE_DISTS}, got {dist!r}")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
-    shape = tuple(shape)
-    if any((not isinstance(s, numbers.Integral)) or s < 0 for s in shape):
-        raise ValueError(f"shape must be non-negative ints, got {shape}")
-    rows, per_row = reference.row_geometry(shape)
-    numel = rows * per_row
-    if numel == 0:
-        return torch.empty(shape, dtype=dtype, device=device)
-    _seed_tensor(seed, offset)  # argument checks
-    j0 = int(offset) * per_row
-    c_first, c_last = j0 >> 2, (j0 + numel - 1) >> 2
-    words = philox_words(seed, c_first, c_last - c_first + 1, device=device).reshape(-1)
-    start = j0 - 4 * c_first
-    signs = 1 - 2 * (words[start:start + numel] < 0).to(torch.int8)  # int32 < 0  <=>  bit 31 set
-    return signs.reshape(shape).to(dtype)
-
-
-@_profiled("sliced_score_terms")
 def sliced_score_terms(score, jv, v, variance_reduction=False):
     """Per-sample sliced score matching terms in one fused pass, mean over P probes:
     (1/P) sum_p [v_p . jv_p + 0.5 (v_p . s)^2], or with ``variance_reduction`` the
     0.5 |s|^2 form. score [B, ...]; jv (J v or J^T v) and probes v [B, P, ...].
     Differentiable in score and jv (fused backward); v is a constant."""
-    _check_float_tensor(score, "score")
-    if score.dim() == 0:
-        raise ValueError("score must have a batch dimension [B, ...]")
-    _check_float_tensor(jv, "jv")
-    _check_float_tensor(v, "v")
+    _checks.batched(score, "score")
+    _checks.float_tensor(jv, "jv")
+    _checks.float_tensor(v, "v")
     want = (score.shape[0], jv.shape[1] if jv.dim() > 1 else -1) + tuple(score.shape[1:])
     if jv.dim() != score.dim() + 1 or tuple(jv.shape) != want:
         raise ValueError(f"jv must have shape [B, P, ...] = {want[:1] + ('P',) + want[2:]}, got {tuple(jv.shape)}")
@@ -796,4 +563,5 @@ def sliced_score_terms(score, jv, v, variance_reduction=False):
             raise TypeError(f"{name} must have the dtype of score ({score.dtype}), got {t.dtype}")
         if t.device != score.device:
             raise ValueError(f"{name} must be on the device of score ({score.device}), got {t.device}")
-    return _impl(score.device).sliced_score_terms(score, jv, v.detach(), bool(variance_reduction))
+    return _call("sliced_score_terms", score, score, jv, v.detach(), bool(variance_reduction),
+                 grad=_requires_grad(score, jv))[0]

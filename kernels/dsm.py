@@ -3,7 +3,7 @@
 Math
 ----
 score s has B rows of R elements (R = numel // B); cd is the compute dtype (fp64 for
-fp64 s, else fp32). coef is float64 [2, K] with rows (inv_sigma, w), K = 1 or B. z is
+fp64 s, else fp32). sigma and w are floats or 0-d / per-sample [B] tensors. z is
 the fastscore noise stream at global index j = (offset + r)*R + k (the float32 normal),
 or an explicit noise tensor (already in cd) — the z that perturb drew for x + sigma z,
 regenerated here, never stored.
@@ -23,8 +23,9 @@ Why it is written the way it is
   forward's row sums are float64 (each d converted exactly, squared and summed in fp64),
   differing from the reference's torch sum only in summation order (~1e-16 relative),
   which rounding the loss to fp32 almost always hides; for fp64 it is ~1e-16 relative.
-* inv_sigma is converted to cd once on the host (the fp32 rounding of the float64
-  value, as ``reference.per_sample``), so the kernel multiplies by exactly that value.
+* inv_sigma = 1/sigma is taken in float64 (on the host for a float, by a device op for a
+  tensor) and rounded to cd once, as ``reference.per_sample``, so the kernel multiplies by
+  exactly the reference's value. Nothing is read on the host.
 * Forward grid: one flattened axis over (row, block of the row) pairs, as
   kernels/corrector.py — a program covers BLOCK Philox counters = 4*BLOCK consecutive
   stream elements from the counter holding its row's first element plus its block's
@@ -46,120 +47,104 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import as_int64, counters_per_program, row_block_elements, row_block_grid, row_geometry, seed_arg, stream_block
+from fastscore._common import compute_dtype, counter_span, row_geometry
+
+from ._common import as_int64, block_for, coef_args, coef_at, load_int, stream_args
+from .noise import GPU_BLOCK, row_block_elements, row_block_grid, stream_block
 
 
-@triton.jit(do_not_specialize=["seed", "base", "R", "n_blocks"])
+@triton.jit(do_not_specialize=["seed", "offset", "R", "n_blocks"])
 def dsm_loss_kernel(
-    part_ptr, score_ptr, noise_ptr, inv_ptr,  # part: float64 [rows, n_blocks]; inv: [K] in cd
-    seed, base, R, n_blocks,  # base = offset * R: global stream index of element 0
-    NOISE_TENSOR: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+    part_ptr, score_ptr, noise_ptr,  # part: float64 [rows, n_blocks]
+    vals, ptrs, strides,  # one coefficient slot: inv_sigma
+    seed_ptr, seed, offset_ptr, offset, R, n_blocks,
+    MODES: tl.constexpr, NOISE_TENSOR: tl.constexpr, SEED_PTR: tl.constexpr, OFFSET_PTR: tl.constexpr,
+    CD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Partial sum over block ``blk`` of row ``row`` of float64(d)^2, d = s + z*inv_sigma:
-    the 4*BLOCK stream elements from counter (row_j >> 2) + blk*BLOCK, row_j = base + row*R."""
+    """Partial sum over block ``blk`` of row ``row`` of float64(d)^2, d = s + z*inv_sigma."""
     pid = tl.program_id(0).to(tl.int64)
+    base = load_int(offset_ptr, offset, OFFSET_PTR) * as_int64(R)
     row, first, i, mask = row_block_elements(base, R, n_blocks, BLOCK)
-    cd = inv_ptr.dtype.element_ty
-
-    if PER_SAMPLE:
-        inv = tl.load(inv_ptr + row)
+    if CD == 64:
+        cd = tl.float64
     else:
-        inv = tl.load(inv_ptr)
+        cd = tl.float32
+    inv = coef_at(vals, ptrs, strides, MODES, 0, row, True, cd)
     s = tl.load(score_ptr + i, mask=mask, other=0.0).to(cd)
     if NOISE_TENSOR:
         z = tl.load(noise_ptr + i, mask=mask, other=0.0).to(cd)
     else:
-        z = stream_block(seed, first, BLOCK).to(cd)  # fp32 normal -> cd (exact)
+        z = stream_block(load_int(seed_ptr, seed, SEED_PTR), first, BLOCK).to(cd)  # fp32 normal -> cd (exact)
     d = s + z * inv
     d = tl.where(mask, d, 0.0).to(tl.float64)  # exact widening; masked lanes add nothing
     tl.store(part_ptr + pid, tl.sum(d * d, axis=0))
 
 
-@triton.jit(do_not_specialize=["seed", "base", "n", "R"])
+@triton.jit(do_not_specialize=["seed", "offset", "n", "R"])
 def dsm_loss_backward_kernel(
-    out_ptr, score_ptr, noise_ptr, inv_ptr, scale_ptr,  # inv: [K] in cd; scale: [rows] in cd
-    seed, base, n, R,  # base = offset * R: global index of element 0
-    NOISE_TENSOR: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr, score_ptr, noise_ptr, scale_ptr,  # scale: [rows] in cd
+    vals, ptrs, strides,  # one coefficient slot: inv_sigma
+    seed_ptr, seed, offset_ptr, offset, n, R,
+    MODES: tl.constexpr, NOISE_TENSOR: tl.constexpr, SEED_PTR: tl.constexpr, OFFSET_PTR: tl.constexpr,
+    CD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """out[i] = scale_r * (s_i + z_i * inv_sigma_r), r = i // R. Program p covers the BLOCK
     counters from (base >> 2) + p*BLOCK (4*BLOCK stream elements, masked to [0, n))."""
-    base = as_int64(base)
+    base = load_int(offset_ptr, offset, OFFSET_PTR) * as_int64(R)
     n = as_int64(n)
     first = (base >> 2) + tl.program_id(0).to(tl.int64) * BLOCK
     i = first * 4 + tl.arange(0, 4 * BLOCK).to(tl.int64) - base  # element index in score
     mask = (i >= 0) & (i < n)
     i = tl.where(mask, i, 0)  # keep masked lanes' addresses (and i // R) in range
     row = i // as_int64(R)
-    cd = inv_ptr.dtype.element_ty
-
-    if PER_SAMPLE:
-        inv = tl.load(inv_ptr + row, mask=mask, other=0.0)
+    if CD == 64:
+        cd = tl.float64
     else:
-        inv = tl.load(inv_ptr)
+        cd = tl.float32
+    inv = coef_at(vals, ptrs, strides, MODES, 0, row, mask, cd)
     scale = tl.load(scale_ptr + row, mask=mask, other=0.0)
     s = tl.load(score_ptr + i, mask=mask, other=0.0).to(cd)
     if NOISE_TENSOR:
         z = tl.load(noise_ptr + i, mask=mask, other=0.0).to(cd)
     else:
-        z = stream_block(seed, first, BLOCK).to(cd)  # fp32 normal -> cd (exact)
+        z = stream_block(load_int(seed_ptr, seed, SEED_PTR), first, BLOCK).to(cd)  # fp32 normal -> cd (exact)
     d = s + z * inv
     tl.store(out_ptr + i, (scale * d).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------
-# Launchers
+# Launchers (the plain signatures of fastscore/ops.py SCHEMAS)
 # ---------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _inverse(sigma, sigma_t, score):
+    """1/sigma in float64 (host float, or a device op on the tensor), a coefficient slot."""
+    return 1.0 / sigma if sigma_t is None else (1.0 / sigma_t.double()).to(compute_dtype(score.dtype))
 
 
-def _checked_coef(coef: torch.Tensor, score: torch.Tensor, rows: int) -> torch.Tensor:
-    if coef.dim() != 2 or coef.shape[0] != 2 or coef.shape[1] not in (1, rows):
-        raise ValueError(f"dsm coef must have shape [2, 1] or [2, {rows}] (score.shape[0]), got {tuple(coef.shape)}")
-    return coef.to(device=score.device, dtype=torch.float64)
+def _weight64(weight, weight_t):
+    return weight if weight_t is None else weight_t.double()
 
 
-def _checked_noise(noise: torch.Tensor | None, score: torch.Tensor) -> torch.Tensor | None:
-    if noise is None:
-        return None
-    if noise.shape != score.shape:
-        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(score.shape)} (the shape of score)")
-    if noise.device != score.device:
-        raise ValueError(f"noise is on {noise.device}, expected {score.device} (the device of score)")
-    return noise.contiguous()
-
-
-def dsm_loss(score: torch.Tensor, coef: torch.Tensor, seed: int, offset: int, noise) -> torch.Tensor:
+def dsm_loss(score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t, offset) -> torch.Tensor:
     """Per-sample loss [rows] in the compute dtype: ((0.5 * w) * sum_k float64(d)^2) -> cd
-    with d = score + z * inv_sigma (reference.dsm_loss). ``coef``: float64 [2, K], rows
-    (inv_sigma, w), K = 1 or rows. ``noise``: explicit z (replaces the stream) or None.
-    score may be non-contiguous; an empty score gives zeros."""
+    with d = score + z * inv_sigma (reference.dsm_loss)."""
     rows, R = row_geometry(score.shape)
-    cd = _compute_dtype(score.dtype)
+    cd = compute_dtype(score.dtype)
     if score.numel() == 0:
         return torch.zeros(rows, dtype=cd, device=score.device)
-    coef = _checked_coef(coef, score, rows)
-    noise_c = _checked_noise(noise, score)
-    K = coef.shape[1]
-    inv = coef[0].to(cd).contiguous()  # rounded to cd once, here
-    base = int(offset) * R
-    # Counters a row spans depend on where its first element sits within a counter
-    # (j & 3); that alignment is periodic in the row with period 4.
-    block, n_blocks = row_block_grid(base, R, rows, score.device)
+    coefs, modes = coef_args([_inverse(sigma, sigma_t, score)], score)
+    args, flags = stream_args(seed_t, seed, offset_t, offset, score.device)
+    block, n_blocks = row_block_grid(R, score.device)
     part = torch.empty((rows, n_blocks), dtype=torch.float64, device=score.device)
-    score_c = score.contiguous()
     dsm_loss_kernel[(rows * n_blocks,)](
-        part, score_c, noise_c if noise_c is not None else score_c, inv,  # dummy noise is never read
-        seed_arg(seed), base, R, n_blocks,
-        NOISE_TENSOR=noise_c is not None, PER_SAMPLE=K > 1, BLOCK=block,
-        enable_fp_fusion=False,
+        part, score.contiguous(), noise.contiguous() if noise is not None else None, *coefs, *args, R, n_blocks,
+        MODES=modes, NOISE_TENSOR=noise is not None, CD=64 if cd == torch.float64 else 32, BLOCK=block,
+        enable_fp_fusion=False, **flags,
     )
-    w64 = coef[1] if K > 1 else coef[1, 0]
-    return (0.5 * w64 * part.sum(1)).to(cd)
+    return (0.5 * _weight64(weight, weight_t) * part.sum(1)).to(cd)
 
 
-def dsm_loss_backward(grad: torch.Tensor, score: torch.Tensor, coef: torch.Tensor, seed: int, offset: int,
-                      noise) -> torch.Tensor:
+def dsm_loss_backward(grad, score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t,
+                      offset) -> torch.Tensor:
     """d loss / d score (contiguous, score's dtype): ((float64(g_r) * w_r) -> cd) * d
     (reference.dsm_loss_backward), z regenerated. ``grad``: one entry per row."""
     rows, R = row_geometry(score.shape)
@@ -167,24 +152,15 @@ def dsm_loss_backward(grad: torch.Tensor, score: torch.Tensor, coef: torch.Tenso
     n = score.numel()
     if n == 0:
         return out
-    if grad.numel() != rows:
-        raise ValueError(f"dsm grad must have one entry per row ({rows}), got {grad.numel()}")
-    coef = _checked_coef(coef, score, rows)
-    noise_c = _checked_noise(noise, score)
-    cd = _compute_dtype(score.dtype)
-    K = coef.shape[1]
-    inv = coef[0].to(cd).contiguous()
-    w64 = coef[1] if K > 1 else coef[1, 0]
-    scale = (grad.to(device=score.device, dtype=torch.float64).reshape(-1) * w64).to(cd).contiguous()
-    base = int(offset) * R
-    n_counters = ((base + n - 1) >> 2) - (base >> 2) + 1
-    block = counters_per_program(score.device, n_counters)
-    grid = (triton.cdiv(n_counters, block),)
-    score_c = score.contiguous()
-    dsm_loss_backward_kernel[grid](
-        out, score_c, noise_c if noise_c is not None else score_c, inv, scale,
-        seed_arg(seed), base, n, R,
-        NOISE_TENSOR=noise_c is not None, PER_SAMPLE=K > 1, BLOCK=block,
-        enable_fp_fusion=False,
+    cd = compute_dtype(score.dtype)
+    scale = (grad.to(device=score.device, dtype=torch.float64).reshape(-1) * _weight64(weight, weight_t))
+    scale = scale.to(cd).expand(rows).contiguous()
+    coefs, modes = coef_args([_inverse(sigma, sigma_t, score)], score)
+    args, flags = stream_args(seed_t, seed, offset_t, offset, score.device)
+    block = block_for(score.device, counter_span(n), GPU_BLOCK)
+    dsm_loss_backward_kernel[(triton.cdiv(counter_span(n), block),)](
+        out, score.contiguous(), noise.contiguous() if noise is not None else None, scale, *coefs, *args, n, R,
+        MODES=modes, NOISE_TENSOR=noise is not None, CD=64 if cd == torch.float64 else 32, BLOCK=block,
+        enable_fp_fusion=False, **flags,
     )
     return out

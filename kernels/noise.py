@@ -43,6 +43,10 @@ import torch
 import triton
 import triton.language as tl
 
+from fastscore._common import SPLITMIX_GAMMA, SPLITMIX_M1, SPLITMIX_M2, counter_span, row_geometry
+
+from ._common import as_int64, block_for, load_int, stream_args, written
+
 # ---------------------------------------------------------------------------------------
 # Exact float32 constants (same hex spelling as reference.py and csrc/philox.h).
 # tl.constexpr so jit functions may read them as globals.
@@ -68,26 +72,17 @@ C6 = tl.constexpr(_h("-0x1.55d3c8p-6"))
 C8 = tl.constexpr(_h("0x1.e1f506p-11"))
 C10 = tl.constexpr(_h("-0x1.a6d1f2p-16"))
 SIGN_BIT = tl.constexpr(-(2**31))  # 0x80000000 as int32
+GAMMA = tl.constexpr(SPLITMIX_GAMMA)  # SplitMix64 (the step seeds), uint64 constants
+M1 = tl.constexpr(SPLITMIX_M1)
+M2 = tl.constexpr(SPLITMIX_M2)
 del _h
 
-# Counters per program: small on the GPU (occupancy), large under the interpreter,
-# which pays ~8 ms per program instance but vectorises within one.
-GPU_BLOCK = 256
-INTERPRETER_MAX_BLOCK = 8192
+GPU_BLOCK = 256  # counters per program on the GPU
 
 
 # ---------------------------------------------------------------------------------------
 # Device helpers: exact ports of reference.py
 # ---------------------------------------------------------------------------------------
-@triton.jit
-def as_int64(v):
-    """A scalar int argument as int64. Via uint64 because the interpreter stores Python
-    ints in [2**31, 2**32) as uint32 data typed i64, so ``.to(tl.int64)`` would be a
-    no-op and later signed shifts would read them as negative int32; compiled, this is
-    a sign extension (i32) or nothing (i64)."""
-    return v.to(tl.uint64).to(tl.int64)
-
-
 @triton.jit
 def _neg(x):
     """-x by flipping the sign bit (exact, and -(+0) = -0 on every backend)."""
@@ -204,34 +199,51 @@ def stream_block(seed, first_counter, BLOCK: tl.constexpr):
     return interleave4(n0, n1, n2, n3, BLOCK)
 
 
-def row_block_grid(base: int, R: int, rows: int, device) -> tuple[int, int]:
-    """(BLOCK counters per program, programs per row) for row_block_elements. The counters
-    a row spans depend on where its element 0 sits within a counter (j & 3), which is
-    periodic in the row with period 4."""
-    n_counters = max(((((base + r * R) & 3) + R - 1) >> 2) + 1 for r in range(min(rows, 4)))
-    block = counters_per_program(device, n_counters)
+def row_block_grid(R: int, device) -> tuple[int, int]:
+    """(BLOCK counters per program, programs per row) for row_block_elements: a row of R
+    elements spans at most counter_span(R) counters, wherever its element 0 sits within a
+    counter (which a device offset hides from the host)."""
+    n_counters = counter_span(R)
+    block = block_for(device, n_counters, GPU_BLOCK)
     return block, triton.cdiv(n_counters, block)
+
+
+@triton.jit
+def sign_block(seed, first_counter, BLOCK: tl.constexpr):
+    """Rademacher probes of stream elements 4*first_counter ... : -1 where bit 31 of the
+    element's Philox word is set, else +1 (float32)."""
+    counter = first_counter + tl.arange(0, BLOCK).to(tl.int64)
+    w0, w1, w2, w3 = tl.randint4x(seed, counter)
+    w = interleave4(w0, w1, w2, w3, BLOCK).to(tl.int32, bitcast=True)
+    return tl.where(w < 0, -1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["seed", "base", "n"])
-def noise_kernel(out_ptr, seed, base, n, BLOCK: tl.constexpr):
-    """out[i] = stream[base + i] for i < n. Program p covers the BLOCK counters from
-    (base >> 2) + p*BLOCK, i.e. 4*BLOCK stream elements, some of them outside [base, base+n)."""
-    base = as_int64(base)
+@triton.jit(do_not_specialize=["seed", "offset", "R", "n"])
+def noise_kernel(out_ptr, seed_ptr, seed, offset_ptr, offset, R, n,
+                 DIST: tl.constexpr, SEED_PTR: tl.constexpr, OFFSET_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = stream[base + i] for i < n, base = offset * R (DIST 0: normals, 1: signs).
+    Program p covers the BLOCK counters from (base >> 2) + p*BLOCK, i.e. 4*BLOCK stream
+    elements, some of them outside [base, base+n): masked."""
+    seed = load_int(seed_ptr, seed, SEED_PTR)
+    base = load_int(offset_ptr, offset, OFFSET_PTR) * as_int64(R)
     n = as_int64(n)
     first = (base >> 2) + tl.program_id(0).to(tl.int64) * BLOCK
-    z = stream_block(seed, first, BLOCK)
+    if DIST == 0:
+        z = stream_block(seed, first, BLOCK)
+    else:
+        z = sign_block(seed, first, BLOCK)
     i = first * 4 + tl.arange(0, 4 * BLOCK).to(tl.int64) - base  # output index of each element
     mask = (i >= 0) & (i < n)
-    tl.store(out_ptr + i, z.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + tl.where(mask, i, 0), z.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed", "first", "n"])
-def philox_kernel(out_ptr, seed, first, n, BLOCK: tl.constexpr):
+def philox_kernel(out_ptr, seed_ptr, seed, first, n, SEED_PTR: tl.constexpr, BLOCK: tl.constexpr):
     """out[t, k] = word k (bit pattern as int32) of Philox at counter first + t, t < n."""
+    seed = load_int(seed_ptr, seed, SEED_PTR)
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     w0, w1, w2, w3 = tl.randint4x(seed, as_int64(first) + t)
     w = interleave4(w0, w1, w2, w3, BLOCK).to(tl.int32, bitcast=True)
@@ -239,59 +251,56 @@ def philox_kernel(out_ptr, seed, first, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + idx, w, mask=idx < 4 * as_int64(n))
 
 
+@triton.jit(do_not_specialize=["n"])
+def derive_seeds_kernel(out_ptr, seed_ptr, n, BLOCK: tl.constexpr):
+    """out[k] = SplitMix64's k-th output from state *seed_ptr (fastscore._common.derive_seed),
+    in uint64 arithmetic, stored as its int64 bit pattern."""
+    k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    s = tl.load(seed_ptr).to(tl.uint64)
+    z = s + (k + 1).to(tl.uint64) * GAMMA
+    z = (z ^ (z >> 30)) * M1
+    z = (z ^ (z >> 27)) * M2
+    z = z ^ (z >> 31)
+    tl.store(out_ptr + k, z.to(tl.int64, bitcast=True), mask=k < as_int64(n))
+
+
 # ---------------------------------------------------------------------------------------
-# Launchers
+# Launchers (the plain signatures of fastscore/ops.py SCHEMAS)
 # ---------------------------------------------------------------------------------------
-def seed_arg(seed: int) -> int:
-    """seed mod 2**64 as a two's-complement int64: Triton's philox casts it to uint64,
-    which restores the same 64 bits (so seeds >= 2**63 and negative seeds work)."""
-    s = int(seed) % (1 << 64)
-    return s - (1 << 64) if s >= (1 << 63) else s
-
-
-def counters_per_program(device: torch.device, counters: int) -> int:
-    """BLOCK (counters per program): fixed on the GPU; under the interpreter the next
-    power of two of the work, capped, so small tensors do not pay for a huge block."""
-    if torch.device(device).type != "cpu":
-        return GPU_BLOCK
-    return min(max(triton.next_power_of_2(max(int(counters), 1)), 16), INTERPRETER_MAX_BLOCK)
-
-
-def row_geometry(shape) -> tuple[int, int]:
-    """(rows, elements per row); a 0-d tensor is one row of one element (as reference.py)."""
-    numel = 1
-    for s in shape:
-        numel *= int(s)
-    rows = int(shape[0]) if len(shape) > 0 else 1
-    return rows, (numel // rows if rows > 0 else 0)
-
-
-def fill_noise_(out: torch.Tensor, seed: int, offset: int) -> None:
-    """Fill ``out`` (any shape/strides, fp32/fp16/bf16/fp64) with the stream, rows from ``offset``.
-
-    fp16/bf16 get the fp32 normal rounded to nearest-even; fp64 gets it exactly.
-    """
+def fill_noise_(out, dist, seed_t, seed, offset_t, offset) -> None:
+    """Fill ``out`` (any shape/strides, fp32/fp16/bf16/fp64) with the stream, rows from the
+    offset: normals (dist 0, fp16/bf16 round the fp32 normal to nearest, fp64 is exact) or
+    Rademacher signs (dist 1)."""
     n = out.numel()
     if n == 0:
         return
-    _, per_row = row_geometry(out.shape)
-    base = int(offset) * per_row
+    _, R = row_geometry(out.shape)
     target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
-    n_counters = ((base + n - 1) >> 2) - (base >> 2) + 1
-    block = counters_per_program(out.device, n_counters)
-    grid = (triton.cdiv(n_counters, block),)
-    noise_kernel[grid](target, seed_arg(seed), base, n, BLOCK=block, enable_fp_fusion=False)
+    args, flags = stream_args(seed_t, seed, offset_t, offset, out.device)
+    block = block_for(out.device, counter_span(n), GPU_BLOCK)
+    noise_kernel[(triton.cdiv(counter_span(n), block),)](target, *args, R, n, DIST=int(dist), BLOCK=block,
+                                                         enable_fp_fusion=False, **flags)
     if target is not out:
         out.copy_(target)
+    written(target)
 
 
-def philox_words(seed: int, first_counter: int, n: int, device) -> torch.Tensor:
-    """int32 [n, 4]: the bit patterns of Philox words (w0..w3) at counters first..first+n-1."""
-    out = torch.empty((int(n), 4), dtype=torch.int32, device=device)
+def fill_philox_(out, seed_t, seed, counter) -> None:
+    """out: int32 [n, 4], the bit patterns of Philox words (w0..w3) at counters counter + r."""
+    n = out.shape[0]
     if n == 0:
-        return out
-    block = counters_per_program(out.device, n)
-    grid = (triton.cdiv(int(n), block),)
-    philox_kernel[grid](out, seed_arg(seed), int(first_counter), int(n), BLOCK=block,
-                        enable_fp_fusion=False)
+        return
+    (sp, s, _, _), flags = stream_args(seed_t, seed, None, 0, out.device)
+    block = block_for(out.device, n, GPU_BLOCK)
+    philox_kernel[(triton.cdiv(n, block),)](out, sp, s, int(counter), n, SEED_PTR=flags["SEED_PTR"], BLOCK=block,
+                                            enable_fp_fusion=False)
+    written(out)
+
+
+def derive_seeds(seed, n) -> torch.Tensor:
+    """int64 [n] on seed's device: the step seeds of a run from the one-element seed tensor."""
+    out = torch.empty(n, dtype=torch.int64, device=seed.device)
+    if n:
+        block = block_for(seed.device, n, GPU_BLOCK)
+        derive_seeds_kernel[(triton.cdiv(n, block),)](out, seed, n, BLOCK=block)
     return out

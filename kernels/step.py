@@ -1,34 +1,31 @@
-"""The fused update step in Triton, bit for bit ``reference.fused_update``.
+"""The fused update in Triton, bit for bit ``reference.update_``.
 
 Math
 ----
-For x of B rows of R elements (a 0-d x is one row of one element), in the compute
-dtype cd (fp64 if x is fp64, else fp32), element i = r*R + k:
+For x of B rows of R elements (a 0-d x is one row of one element), in the compute dtype
+cd (fp64 if x is fp64, else fp32), element i = r*R + k, up to K = 4 tensors y_k and one
+or two outputs o, each with its coefficient slots [a, b_1 .. b_K, c]:
 
-    mean_i = (a_r * x_i) + (b_r * s_i)          b term only when a score is given
-    out_i  = mean_i + (c_r * z_i)               c term only when with_noise
+    out_o[i] = ((a x_i + b_1 y_1i) + ... + b_K y_Ki) + c z_i      (c term only when drawn)
 
-each product and sum rounded to cd in exactly that order (no fma). Coefficients are a
-[3, K] tensor of rows (a, b, c): K = 1 scalars, K = B per-sample (element i uses
-column i // R). z_i is the fastscore noise stream at global index j = (offset + r)*R + k
-(= offset*R + i; fp32 normal converted to cd), or an explicit noise tensor.
+each product and sum rounded to cd in exactly that order (no fma). A slot is a float,
+a 0-d tensor or a per-row tensor (element i uses row i // R). z_i is the fastscore noise
+stream at global index j = (offset + r)*R + k (the fp32 normal converted to cd), or an
+explicit noise tensor.
 
-This single kernel is every sampler's update (Langevin, annealed Langevin,
-Euler-Maruyama, reverse diffusion, ancestral: ``step_``), noise perturbation
-(``perturb``: a = mean_scale, no score, c = sigma) and ODE steps (with_noise=False).
+This one kernel is every sampler's update (Langevin, Euler-Maruyama, reverse diffusion,
+ancestral, the k-diffusion steps: ``step_``), noise perturbation (``lincomb``: a =
+mean_scale, c = sigma) and ODE stages (no c term).
 
 Why it is written the way it is
 -------------------------------
-* One pass: x, score (and an explicit noise) are read once, out (and mean) written
-  once; the noise is generated in registers, never stored.
+* One pass: x, the y_k (and an explicit noise) are read once, the outputs written once;
+  the noise is generated in registers, never stored.
 * A program covers BLOCK Philox counters = 4*BLOCK consecutive stream elements, so each
   counter's four normals are made once and interleaved into element order
-  (``kernels.noise.stream_block``); the block's first and last counters may straddle the
-  tensor's ends, hence the mask.
-* Launched with ``enable_fp_fusion=False`` so ``mean + c*z`` is not contracted to an
-  fma; the coefficients are converted to cd once on the host so the kernel multiplies
-  by exactly the value the reference does (fp64 -> fp32 rounding of a Python float).
-* Results are stored in the destination's dtype (one rounding, as ``x.copy_(out)``).
+  (``noise.stream_block``). The offset may be a device tensor, so where element 0 sits in
+  its counter is known only inside the kernel: the grid covers ``counter_span(n)``
+  counters and masks the rest.
 """
 
 from __future__ import annotations
@@ -37,122 +34,130 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import as_int64, counters_per_program, row_geometry, seed_arg, stream_block
+from fastscore._common import compute_dtype, counter_span, row_geometry
 
-NOISE_NONE = tl.constexpr(0)  # with_noise=False: out = mean, no RNG
-NOISE_PHILOX = tl.constexpr(1)  # z from the stream
-NOISE_TENSOR = tl.constexpr(2)  # z from an explicit tensor
+from ._common import as_int64, block_for, coef_args, coef_at, load_int, slot_values, stream_args, written
+from .noise import GPU_BLOCK, stream_block
+
+NOISE_NONE, NOISE_STREAM, NOISE_TENSOR = 0, 1, 2
 
 
-@triton.jit(do_not_specialize=["seed", "base", "n", "R"])
-def fused_update_kernel(
-    out_ptr, mean_ptr, x_ptr, score_ptr, noise_ptr, coef_ptr,  # coef: [3, K] in cd
-    seed, base, n, R, K,  # base = offset * R: global index of element 0
-    HAS_SCORE: tl.constexpr, NOISE_MODE: tl.constexpr, WRITE_MEAN: tl.constexpr,
-    PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+@triton.jit
+def _combination(x, y0, y1, y2, y3, z, vals, ptrs, strides, MODES: tl.constexpr, BASE: tl.constexpr,
+                 K: tl.constexpr, DRAW: tl.constexpr, row, mask, cd: tl.constexpr):
+    """((a x + b_1 y_1) + ... + b_K y_K) [+ c z] with the slots from BASE."""
+    m = coef_at(vals, ptrs, strides, MODES, BASE, row, mask, cd) * x
+    if K > 0:
+        m = m + coef_at(vals, ptrs, strides, MODES, BASE + 1, row, mask, cd) * y0
+    if K > 1:
+        m = m + coef_at(vals, ptrs, strides, MODES, BASE + 2, row, mask, cd) * y1
+    if K > 2:
+        m = m + coef_at(vals, ptrs, strides, MODES, BASE + 3, row, mask, cd) * y2
+    if K > 3:
+        m = m + coef_at(vals, ptrs, strides, MODES, BASE + 4, row, mask, cd) * y3
+    if DRAW:
+        m = m + coef_at(vals, ptrs, strides, MODES, BASE + K + 1, row, mask, cd) * z
+    return m
+
+
+@triton.jit
+def _load_y(ys, k: tl.constexpr, K: tl.constexpr, i, mask, cd: tl.constexpr):
+    if k < K:
+        y = tl.load(ys[k] + i, mask=mask, other=0.0).to(cd)
+    else:
+        y = 0.0
+    return y
+
+
+@triton.jit(do_not_specialize=["seed", "offset", "n", "R"])
+def update_kernel(
+    out_ptr, out2_ptr, x_ptr, ys, noise_ptr,  # ys: tuple of K pointers
+    vals, ptrs, strides,  # coefficient slots: tuples of NOUT * (K + 2)
+    seed_ptr, seed, offset_ptr, offset, n, R,
+    K: tl.constexpr, NOUT: tl.constexpr, MODES: tl.constexpr, DRAW0: tl.constexpr, DRAW1: tl.constexpr,
+    NOISE: tl.constexpr, SEED_PTR: tl.constexpr, OFFSET_PTR: tl.constexpr, CD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    base = as_int64(base)
+    base = load_int(offset_ptr, offset, OFFSET_PTR) * as_int64(R)  # global index of element 0
     n = as_int64(n)
     first = (base >> 2) + tl.program_id(0).to(tl.int64) * BLOCK  # first counter of this program
     i = first * 4 + tl.arange(0, 4 * BLOCK).to(tl.int64) - base  # element index in x
     mask = (i >= 0) & (i < n)
     i = tl.where(mask, i, 0)  # keep masked lanes' addresses (and i // R) in range
-    cd = coef_ptr.dtype.element_ty
-
-    if PER_SAMPLE:
-        row = i // as_int64(R)
-        a = tl.load(coef_ptr + row, mask=mask, other=0.0)
-        b = tl.load(coef_ptr + K + row, mask=mask, other=0.0)
-        c = tl.load(coef_ptr + 2 * K + row, mask=mask, other=0.0)
+    row = i // as_int64(R)
+    if CD == 64:
+        cd = tl.float64
     else:
-        a = tl.load(coef_ptr)
-        b = tl.load(coef_ptr + 1)
-        c = tl.load(coef_ptr + 2)
+        cd = tl.float32
 
     x = tl.load(x_ptr + i, mask=mask, other=0.0).to(cd)
-    mean = a * x
-    if HAS_SCORE:
-        s = tl.load(score_ptr + i, mask=mask, other=0.0).to(cd)
-        mean = mean + b * s
-    if WRITE_MEAN:
-        tl.store(mean_ptr + i, mean.to(mean_ptr.dtype.element_ty), mask=mask)
-
-    if NOISE_MODE == NOISE_NONE:
-        out = mean
+    y0 = _load_y(ys, 0, K, i, mask, cd)
+    y1 = _load_y(ys, 1, K, i, mask, cd)
+    y2 = _load_y(ys, 2, K, i, mask, cd)
+    y3 = _load_y(ys, 3, K, i, mask, cd)
+    if NOISE == 1:  # NOISE_STREAM
+        z = stream_block(load_int(seed_ptr, seed, SEED_PTR), first, BLOCK).to(cd)  # fp32 normal -> cd (exact)
+    elif NOISE == 2:  # NOISE_TENSOR
+        z = tl.load(noise_ptr + i, mask=mask, other=0.0).to(cd)
     else:
-        if NOISE_MODE == NOISE_PHILOX:
-            z = stream_block(seed, first, BLOCK).to(cd)  # fp32 normal -> cd (exact)
-        else:
-            z = tl.load(noise_ptr + i, mask=mask, other=0.0).to(cd)
-        out = mean + c * z
+        z = 0.0
+    out = _combination(x, y0, y1, y2, y3, z, vals, ptrs, strides, MODES, 0, K, DRAW0, row, mask, cd)
+    if NOUT == 2:
+        out2 = _combination(x, y0, y1, y2, y3, z, vals, ptrs, strides, MODES, K + 2, K, DRAW1, row, mask, cd)
+        tl.store(out2_ptr + i, out2.to(out2_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + i, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_like(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
-    if t.shape != x.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(x.shape)} (the shape of x)")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device}, expected {x.device} (the device of x)")
+def _draws(values, n_terms, o) -> bool:
+    c = values[o * (n_terms + 2) + n_terms + 1]
+    return isinstance(c, torch.Tensor) or c != 0.0
 
 
-def fused_update_(
-    out: torch.Tensor,
-    x: torch.Tensor,
-    score: torch.Tensor | None,
-    coef: torch.Tensor,
-    seed: int,
-    offset: int,
-    noise: torch.Tensor | None,
-    mean: torch.Tensor | None,
-    with_noise: bool,
-) -> None:
-    """out <- a*x + b*score + c*z (reference.fused_update); mean <- a*x + b*score if given.
-
-    ``coef`` is a [3, K] (rows a, b, c) tensor, K = 1 or x.shape[0]; ``out`` may be
-    ``x`` itself (in place). score/noise/mean may be None; any tensor may be
-    non-contiguous. ``noise`` replaces the stream (seed/offset then unused);
-    ``with_noise=False`` drops the c term (no RNG).
-    """
-    _check_like("out", out, x)
-    for name, t in (("score", score), ("noise", noise), ("mean", mean)):
-        if t is not None:
-            _check_like(name, t, x)
-    rows, per_row = row_geometry(x.shape)
-    if coef.dim() != 2 or coef.shape[0] != 3 or coef.shape[1] not in (1, rows):
-        raise ValueError(f"coef must have shape [3, 1] or [3, {rows}] (x.shape[0]), got {tuple(coef.shape)}")
+def _launch(out, out2, x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset) -> None:
     n = x.numel()
     if n == 0:
         return
-
-    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
-    coef = coef.to(device=x.device, dtype=cd).contiguous()  # rounded to cd once, here
-    K = coef.shape[1]
+    K, n_out = len(ys), 1 if out2 is None else 2
+    values = slot_values(coef, coef_t, coef_slot)
+    draw = [_draws(values, K, o) for o in range(n_out)] + [False]
+    noise_mode = NOISE_NONE if not any(draw) else NOISE_STREAM if noise is None else NOISE_TENSOR
     x_c = x.contiguous()
-    score_c = score.contiguous() if score is not None else x_c  # dummies are never read
-    noise_c = noise.contiguous() if (with_noise and noise is not None) else x_c
     out_c = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
-    mean_c = None
-    if mean is not None:
-        mean_c = mean if mean.is_contiguous() else torch.empty(mean.shape, dtype=mean.dtype, device=mean.device)
-
-    if not with_noise:
-        noise_mode = 0
-    elif noise is None:
-        noise_mode = 1
-    else:
-        noise_mode = 2
-    base = int(offset) * per_row
-    n_counters = ((base + n - 1) >> 2) - (base >> 2) + 1
-    block = counters_per_program(x.device, n_counters)
-    grid = (triton.cdiv(n_counters, block),)
-    fused_update_kernel[grid](
-        out_c, mean_c if mean_c is not None else out_c, x_c, score_c, noise_c, coef,
-        seed_arg(seed), base, n, per_row, K,
-        HAS_SCORE=score is not None, NOISE_MODE=noise_mode, WRITE_MEAN=mean is not None,
-        PER_SAMPLE=K > 1, BLOCK=block,
-        enable_fp_fusion=False,
+    if out is x and out_c is not out:
+        out_c.copy_(x)
+        x_c = out_c
+    out2_c = None
+    if out2 is not None:
+        out2_c = out2 if out2.is_contiguous() else torch.empty(out2.shape, dtype=out2.dtype, device=out2.device)
+    coefs, modes = coef_args(values, x)
+    args, flags = stream_args(seed_t, seed, offset_t, offset, x.device)
+    _, R = row_geometry(x.shape)
+    block = block_for(x.device, counter_span(n), GPU_BLOCK)
+    update_kernel[(triton.cdiv(counter_span(n), block),)](
+        out_c, out2_c, x_c, tuple(y.contiguous() for y in ys), noise.contiguous() if noise is not None else None,
+        *coefs, *args, n, R,
+        K=K, NOUT=n_out, MODES=modes, DRAW0=draw[0], DRAW1=draw[1], NOISE=noise_mode,
+        CD=64 if compute_dtype(x.dtype) == torch.float64 else 32, BLOCK=block,
+        enable_fp_fusion=False, **flags,
     )
     if out_c is not out:
         out.copy_(out_c)
-    if mean_c is not None and mean_c is not mean:
-        mean.copy_(mean_c)
+    if out2_c is not None and out2_c is not out2:
+        out2.copy_(out2_c)
+    written(out_c, out2_c)
+
+
+def step_(x, out2, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset) -> None:
+    """In place: x <- combination 0 (reference.step_); out2 <- combination 1 when given."""
+    _launch(x, out2, x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset)
+
+
+def update_(out, out2, x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset) -> None:
+    """out <- combination 0 of x and ys (x untouched); out2 <- combination 1 when given."""
+    _launch(out, out2, x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset)
+
+
+def lincomb(x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset) -> torch.Tensor:
+    """A new contiguous tensor: combination 0 of x and ys (reference.lincomb)."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(out, None, x, ys, coef, coef_t, coef_slot, noise, seed_t, seed, offset_t, offset)
+    return out

@@ -11,9 +11,14 @@ import torch
 
 import fastscore
 from fastscore import ops, reference
-from fastscore.backends import available_backends
+from support import FAST, assert_matches, seed_as, skip_unsupported
 
-FAST = [b for b in available_backends("cpu") if b != "reference"]
+SAMPLE_INPUTS = {  # the registered ops of the family, for tests/test_registration.py
+    "langevin_corrector_": lambda t: [
+        (t.x.clone(), torch.empty_like(t.x), t.s, 0.16, 0.0, t.per, False, None, *t.ints),
+        (t.x.clone(), None, t.s, 0.2, 0.8, None, True, t.noise, *t.tensors),
+    ],
+}
 
 
 def inputs(shape, dtype, seed=0, transposed=False):
@@ -68,8 +73,7 @@ def test_zero_score_does_not_move():
 @pytest.mark.parametrize("mode", ["batch", "per_sample"])
 @pytest.mark.parametrize("alpha_kind", ["scalar", "per_sample"])
 def test_backends_match_reference(backend, dtype, shape, mode, alpha_kind):
-    if backend == "triton" and dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter has no bf16 arithmetic")
+    skip_unsupported(backend, dtype)
     alpha = 0.7 if alpha_kind == "scalar" else torch.linspace(0.5, 1.0, shape[0])
     results = []
     for b in ("reference", backend):
@@ -80,10 +84,7 @@ def test_backends_match_reference(backend, dtype, shape, mode, alpha_kind):
                                     x_mean=mean)
         results.append(torch.stack([x, mean]))
     want, got = results
-    if dtype == torch.float64:
-        assert torch.allclose(got, want, rtol=1e-13, atol=1e-13)
-    else:
-        assert torch.equal(got, want)
+    assert_matches(got, want)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -113,3 +114,48 @@ def test_stationary_variance_of_corrector_on_gaussian():
     var = x.double().var().item()
     # sd of a sample variance is v * sqrt(2 / n); 5 sigma plus 2% for the eps approximation.
     assert abs(var - expected) < 5 * expected * math.sqrt(2 / n) + 0.02 * expected
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("seed_kind", ["int", "tensor"])
+def test_tensor_seed_alpha_and_zero_d(backend, seed_kind):
+    for shape in ((), (3, 7), (2, 5, 3)):
+        results = []
+        for b in ("reference", backend):
+            x, s = inputs(shape, torch.float32, seed=4)
+            mean = torch.empty_like(x)
+            alpha = torch.tensor(0.8, dtype=torch.float64)
+            off = 2**33 + 1 if seed_kind == "int" else torch.tensor(2**33 + 1)
+            with fastscore.use_backend(b):
+                ops.langevin_corrector_(x, s, 0.16, seed=seed_as(2**63 + 3, seed_kind), offset=off, alpha=alpha,
+                                        x_mean=mean)
+            results.append(torch.stack([x, mean]))
+        assert_matches(results[1], results[0], str(shape))
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_zero_score_row_gives_zero_step_per_row(backend):
+    x, s = inputs((3, 8), torch.float32, seed=14)
+    s[1] = 0.0
+    x0 = x.clone()
+    with fastscore.use_backend(backend):
+        ops.langevin_corrector_(x, s, 0.16, seed=2, step_size_mode="per_sample")
+    assert torch.equal(x[1], x0[1]) and not torch.equal(x[0], x0[0])  # eps = 0: no drift and no noise
+
+
+def test_closed_form_batch_and_per_sample():
+    """eps = (snr * |z| / |s|)^2 * 2 * alpha with torch.linalg.norm (batch means and per row)."""
+    shape, seed, offset, snr = (4, 3, 50), 21, 6, 0.16
+    x, score = inputs(shape, torch.float64, seed=17)
+    alpha = torch.linspace(0.5, 1.5, 4, dtype=torch.float64)
+    z = reference.noise(shape, seed, offset, dtype=torch.float64)
+    gs = torch.linalg.norm(score.reshape(4, -1), dim=1)
+    ns = torch.linalg.norm(z.reshape(4, -1), dim=1)
+    for per_sample in (False, True):
+        g, n = (gs, ns) if per_sample else (gs.mean(), ns.mean())
+        eps = ((snr * n / g) ** 2 * 2 * alpha).reshape(4, 1, 1)
+        got, mean = x.clone(), torch.empty_like(x)
+        ops.langevin_corrector_(got, score, snr, seed=seed, offset=offset, alpha=alpha,
+                                step_size_mode="per_sample" if per_sample else "batch", x_mean=mean)
+        torch.testing.assert_close(mean, x + eps * score, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, x + eps * score + torch.sqrt(2 * eps) * z, rtol=1e-12, atol=1e-12)

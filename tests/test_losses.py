@@ -7,91 +7,11 @@ import pytest
 import torch
 
 import fastscore
-from fastscore import likelihood, losses, ops, reference
+from fastscore import likelihood, losses, ops
 from fastscore import sde as S
 from fastscore.backends import available_backends
 
 FAST = [b for b in available_backends("cpu") if b != "reference"]
-
-
-# ---------------------------------------------------------------- fused DSM op
-
-
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("per_sample", [False, True])
-def test_dsm_loss_backends_match_reference(backend, dtype, per_sample):
-    sigma = torch.tensor([0.1, 0.5, 1.0, 2.0]) if per_sample else 0.3
-    weight = torch.tensor([1.0, 0.5, 2.0, 3.0]) if per_sample else None
-    out = []
-    for b in ("reference", backend):
-        with fastscore.use_backend(b):
-            s = torch.randn(4, 3, 33, generator=torch.Generator().manual_seed(0)).to(dtype).requires_grad_()
-            loss = ops.dsm_loss(s, sigma, seed=7, offset=2**33, weight=weight)
-            (loss * torch.arange(1.0, 5.0, dtype=loss.dtype)).sum().backward()
-            out.append((loss.detach(), s.grad))
-    (l_ref, g_ref), (l_got, g_got) = out
-    tol = 1e-12 if dtype == torch.float64 else 1e-6
-    assert torch.allclose(l_got, l_ref, rtol=tol, atol=tol)
-    assert torch.equal(g_got, g_ref) if dtype != torch.float64 else torch.allclose(g_got, g_ref, rtol=1e-14)
-
-
-@pytest.mark.parametrize("backend", FAST)
-def test_dsm_fused_backward_gradcheck(backend):
-    s = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
-    sigma = torch.tensor([0.2, 0.7, 1.3], dtype=torch.float64)
-    with fastscore.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda t: ops.dsm_loss(t, sigma, seed=3, weight=sigma**2), (s,))
-
-
-def test_dsm_loss_is_the_definition_and_pairs_with_perturb():
-    x = torch.randn(5, 8, dtype=torch.float64)
-    sigma = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
-    x_tilde = ops.perturb(x, sigma, seed=4, offset=1)
-    z = (x_tilde - x) / sigma[:, None]  # the z perturb drew
-    s = torch.randn(5, 8, dtype=torch.float64)
-    want = 0.5 * ((s + z / sigma[:, None]) ** 2).sum(1)
-    assert torch.allclose(ops.dsm_loss(s, sigma, seed=4, offset=1), want, rtol=1e-12)
-
-
-def test_dsm_backward_keeps_no_noise_tensor():
-    """The autograd graph of the fused loss saves score and [2, K] coefficients, never z."""
-    s = torch.randn(64, 3, 32, 32, requires_grad=True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-        ops.dsm_loss(s, 0.5, seed=1)
-    big = [shape for shape in saved if math.prod(shape) >= s.numel()]
-    assert big == [s.shape]  # only the score itself (a view of the input), no B x D noise
-
-
-# ---------------------------------------------------------------- sliced reductions op
-
-
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("variance_reduction", [False, True])
-def test_sliced_terms_backends_match_reference(backend, variance_reduction):
-    g = torch.Generator().manual_seed(5)
-    out = []
-    for b in ("reference", backend):
-        with fastscore.use_backend(b):
-            s = torch.randn(3, 17, generator=g.manual_seed(5), dtype=torch.float64).requires_grad_()
-            jv = torch.randn(3, 4, 17, generator=g, dtype=torch.float64).requires_grad_()
-            v = ops.probes((3, 4, 17), seed=2, dtype=torch.float64)
-            terms = ops.sliced_score_terms(s, jv, v, variance_reduction)
-            (terms * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum().backward()
-            out.append((terms.detach(), s.grad, jv.grad))
-    for got, want in zip(out[1], out[0]):
-        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_probes_are_rademacher_and_shardable():
-    v = ops.probes((4000, 50), seed=3)
-    assert set(v.unique().tolist()) == {-1.0, 1.0}
-    assert abs(v.mean().item()) < 5 / math.sqrt(v.numel())
-    assert torch.equal(torch.cat([ops.probes((10, 50), seed=3), ops.probes((5, 50), seed=3, offset=10)]),
-                       ops.probes((15, 50), seed=3))
-    assert torch.equal(v, reference.rademacher((4000, 50), 3))
-    assert torch.equal(ops.probes((3, 4), seed=1, dist="gaussian"), fastscore.noise((3, 4), seed=1))
 
 
 # ---------------------------------------------------------------- losses

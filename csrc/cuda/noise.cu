@@ -1,9 +1,9 @@
-// Noise family, CUDA: fill_noise_ (normals) and fill_philox_ (raw words, for tests).
-// The math is csrc/philox.h, whose float operations are _rn intrinsics on the device.
+// Noise family, CUDA: fill_noise_ (normals or Rademacher signs), fill_philox_ (raw words)
+// and derive_seeds (the step seeds of a run). The math is csrc/philox.h, whose float
+// operations are _rn intrinsics on the device.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../op_common.h"
 #include "stream.cuh"
 
 namespace fastscore {
@@ -11,11 +11,29 @@ namespace cuda {
 namespace {
 
 template <typename scalar_t>
-__global__ void noise_kernel(scalar_t* out, int64_t n, int64_t base, CounterRange range, uint32_t k0, uint32_t k1) {
-  for_each_owned_element(k0, k1, base, n, range, [&](int64_t i, float z) { out[i] = static_cast<scalar_t>(z); });
+__global__ void noise_kernel(scalar_t* out, int64_t n, int64_t per_row, Stream s) {
+  for_each_owned_element(stream_pos(s, per_row), n, [&](int64_t i, float z) { out[i] = static_cast<scalar_t>(z); });
 }
 
-__global__ void philox_kernel(int32_t* out, int64_t n, int64_t first, uint32_t k0, uint32_t k1) {
+template <typename scalar_t>
+__global__ void signs_kernel(scalar_t* out, int64_t n, int64_t per_row, Stream s) {
+  const StreamPos p = stream_pos(s, per_row);
+  const int64_t first = p.base >> 2, count = ((p.base + n - 1) >> 2) - first + 1;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < count; t += stride) {
+    const uint64_t c = static_cast<uint64_t>(first + t);
+    const PhiloxWords w = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), p.k0, p.k1);
+    const uint32_t words[4] = {w.w0, w.w1, w.w2, w.w3};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t i = 4 * static_cast<int64_t>(c) + k - p.base;
+      if (i >= 0 && i < n) out[i] = static_cast<scalar_t>(rademacher_of_word(words[k]));
+    }
+  }
+}
+
+__global__ void philox_kernel(int32_t* out, int64_t n, int64_t first, Stream s) {
+  const uint32_t k0 = s.k0(), k1 = s.k1();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < n; r += stride) {
     const uint64_t c = static_cast<uint64_t>(first + r);
@@ -27,29 +45,55 @@ __global__ void philox_kernel(int32_t* out, int64_t n, int64_t first, uint32_t k
   }
 }
 
-void fill_noise_cuda(at::Tensor out, const at::Tensor& seed) {
-  const SeedOffset so = read_seed(seed);
+__global__ void derive_seeds_kernel(int64_t* out, int64_t n, KernelInt seed) {
+  const uint64_t s = static_cast<uint64_t>(seed.get());
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
+    out[k] = static_cast<int64_t>(derive_seed(s, static_cast<uint64_t>(k)));
+  }
+}
+
+void fill_noise_cuda(at::Tensor out, int64_t dist, const c10::optional<at::Tensor>& seed_t, int64_t seed,
+                     const c10::optional<at::Tensor>& offset_t, int64_t offset) {
+  TORCH_CHECK(dist == 0 || dist == 1, "fastscore: dist must be 0 (gaussian) or 1 (rademacher)");
+  const c10::cuda::CUDAGuard guard(out.device());
+  const Stream s = make_stream(seed_t, seed, offset_t, offset, out.device());
   if (out.numel() == 0) return;
   at::Tensor dst = out.contiguous();
-  const int64_t n = dst.numel();
-  const int64_t base = so.offset * row_geometry(out).second;
-  const CounterRange range = counters_for(base, n);
+  const int64_t n = dst.numel(), per_row = row_geometry(out).second;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fill_noise_cuda", [&] {
-    noise_kernel<scalar_t><<<grid_for(range.count), kThreads, 0, current_stream()>>>(
-        dst.data_ptr<scalar_t>(), n, base, range, so.k0, so.k1);
+    if (dist == 0) {
+      noise_kernel<scalar_t><<<grid_for(counter_span(n)), kThreads, 0, current_stream()>>>(
+          dst.data_ptr<scalar_t>(), n, per_row, s);
+    } else {
+      signs_kernel<scalar_t><<<grid_for(counter_span(n)), kThreads, 0, current_stream()>>>(
+          dst.data_ptr<scalar_t>(), n, per_row, s);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!dst.is_same(out)) out.copy_(dst);
 }
 
-void fill_philox_cuda(at::Tensor out, const at::Tensor& seed) {
-  const SeedOffset so = read_seed(seed);
+void fill_philox_cuda(at::Tensor out, const c10::optional<at::Tensor>& seed_t, int64_t seed, int64_t counter) {
   TORCH_CHECK(out.dim() == 2 && out.size(1) == 4 && out.scalar_type() == at::kInt && out.is_contiguous(),
               "fastscore: fill_philox_ wants a contiguous int32 [n, 4] tensor");
+  const c10::cuda::CUDAGuard guard(out.device());
+  const Stream s = make_stream(seed_t, seed, c10::nullopt, 0, out.device());
   if (out.size(0) == 0) return;
   philox_kernel<<<grid_for(out.size(0)), kThreads, 0, current_stream()>>>(out.data_ptr<int32_t>(), out.size(0),
-                                                                          so.offset, so.k0, so.k1);
+                                                                          counter, s);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor derive_seeds_cuda(const at::Tensor& seed, int64_t n) {
+  TORCH_CHECK(n >= 0, "fastscore: n must be >= 0");
+  const c10::cuda::CUDAGuard guard(seed.device());
+  at::Tensor out = at::empty({n}, seed.options().dtype(at::kLong));
+  if (n == 0) return out;
+  derive_seeds_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(out.data_ptr<int64_t>(), n,
+                                                                       kernel_int(seed, 0, seed.device(), "seed"));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 }  // namespace
@@ -58,6 +102,7 @@ void fill_philox_cuda(at::Tensor out, const at::Tensor& seed) {
 TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
   m.impl("fill_noise_", &cuda::fill_noise_cuda);
   m.impl("fill_philox_", &cuda::fill_philox_cuda);
+  m.impl("derive_seeds", &cuda::derive_seeds_cuda);
 }
 
 }  // namespace fastscore

@@ -1,5 +1,5 @@
-// Hutchinson family, CUDA: the per-sample reductions of sliced score matching and their
-// fused backward (see csrc/hutchinson.cpp for the CPU twin, the schemas and the math).
+// Sliced score matching family (Hutchinson trace estimates), CUDA: the per-sample reductions of sliced score matching and their
+// fused backward (see csrc/sliced.cpp for the CPU twin, the schemas and the math).
 // score s [B, D...]; jv and probes v [B, P, D...]; cd = fp64 for fp64 storage, else fp32.
 //   forward: one thread block per ((b, p), chunk of D) reduces float64 partial sums of
 //            v.jv and v.s (and s.s for p = 0 with variance reduction), each value
@@ -18,7 +18,6 @@
 
 #include <tuple>
 
-#include "../op_common.h"
 #include "reduce.cuh"
 #include "stream.cuh"
 
@@ -88,6 +87,7 @@ __global__ void sliced_backward_kernel(scalar_t* grad_score, scalar_t* grad_jv, 
 
 std::tuple<at::Tensor, at::Tensor> sliced_terms_cuda(const at::Tensor& score, const at::Tensor& jv,
                                                      const at::Tensor& v, bool variance_reduction) {
+  const c10::cuda::CUDAGuard guard(score.device());
   const SlicedGeometry g = check_sliced(score, jv, v);
   const at::ScalarType cd = score.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (g.B == 0 || g.P == 0 || g.D == 0) {
@@ -116,6 +116,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_cuda(const at::Tensor& score, co
 std::tuple<at::Tensor, at::Tensor> sliced_terms_backward_cuda(const at::Tensor& grad, const at::Tensor& score,
                                                               const at::Tensor& v, const at::Tensor& dots,
                                                               bool variance_reduction) {
+  const c10::cuda::CUDAGuard guard(score.device());
   const SlicedGeometry g = check_sliced(score, v, v);
   at::Tensor grad_score = at::empty_like(score, at::MemoryFormat::Contiguous);
   at::Tensor grad_jv = at::empty_like(v, at::MemoryFormat::Contiguous);

@@ -1,4 +1,4 @@
-// Hutchinson family, CPU: the per-sample reductions of sliced score matching in one pass.
+// Sliced score matching family (Hutchinson trace estimates), CPU: the per-sample reductions of sliced score matching in one pass.
 // score s [B, D...]; jv and probes v [B, P, D...] (jv = J v or J^T v from a JVP/VJP):
 //     dot_bp   = v_bp . s_b                 trace_bp = v_bp . jv_bp
 //     term_b   = (1/P) sum_p (trace_bp + 0.5 dot_bp^2)       (+ 0.5 |s_b|^2 instead of the
@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "cpu_noise.h"
+#include "plain.h"
 #include "row_reduce.h"
 
 namespace fastscore {
@@ -29,26 +30,23 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_cpu(const at::Tensor& score, con
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t *sp = s_c.data_ptr<scalar_t>(), *jp = jv_c.data_ptr<scalar_t>(), *vp = v_c.data_ptr<scalar_t>();
     // Rows of the reduction are (b, p) pairs: [v.jv, v.s].
-    const auto pair_sums = row_block_sums<2>(g.B * g.P, g.D, [&](int64_t c0, int64_t n, double (*lanes)[kLanes]) {
-      const int64_t row = c0 / g.D, b = row / g.P, k0 = c0 - row * g.D;
-      alignas(64) opmath_t vv[kChunk], jj[kChunk], ss[kChunk];
+    const FactorPairs<2> pairs = {{{0, 1}, {0, 2}}};  // factors v, jv, s: v.jv and v.s
+    const auto pair_sums = row_sums<2, 3, opmath_t>(g.B * g.P, g.D, pairs, [&](int64_t c0, int64_t n,
+                                                                               opmath_t (*f)[kChunk]) {
       for (int64_t t = 0; t < n; ++t) {
-        vv[t] = static_cast<opmath_t>(vp[c0 + t]);
-        jj[t] = static_cast<opmath_t>(jp[c0 + t]);
-        ss[t] = static_cast<opmath_t>(sp[b * g.D + k0 + t]);
+        f[0][t] = static_cast<opmath_t>(vp[c0 + t]);
+        f[1][t] = static_cast<opmath_t>(jp[c0 + t]);
       }
-      const int64_t padded = zero_pad(vv, n);
-      zero_pad(jj, n);
-      zero_pad(ss, n);
-      accumulate_dot(vv, jj, lanes[0], padded);
-      accumulate_dot(vv, ss, lanes[1], padded);
+      for_each_row_piece(c0, n, g.D, [&](int64_t row, int64_t i, int64_t m) {
+        const scalar_t* sr = sp + (row / g.P) * g.D + (i - row * g.D);  // s of sample b = row / P
+        for (int64_t t = 0; t < m; ++t) f[2][i - c0 + t] = static_cast<opmath_t>(sr[t]);
+      });
     });
     std::vector<std::array<double, 1>> sq;
     if (variance_reduction) {
-      sq = row_block_sums<1>(g.B, g.D, [&](int64_t c0, int64_t n, double (*lanes)[kLanes]) {
-        alignas(64) opmath_t ss[kChunk];
-        for (int64_t t = 0; t < n; ++t) ss[t] = static_cast<opmath_t>(sp[c0 + t]);
-        accumulate_dot(ss, ss, lanes[0], zero_pad(ss, n));
+      const FactorPairs<1> square = {{{0, 0}}};
+      sq = row_sums<1, 1, opmath_t>(g.B, g.D, square, [&](int64_t c0, int64_t n, opmath_t (*f)[kChunk]) {
+        for (int64_t t = 0; t < n; ++t) f[0][t] = static_cast<opmath_t>(sp[c0 + t]);
       });
     }
     opmath_t* tp = terms.data_ptr<opmath_t>();
@@ -111,15 +109,12 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_backward_cpu(const at::Tensor& g
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fastscore, m) {
-  m.def("sliced_score_terms(Tensor score, Tensor jv, Tensor v, bool variance_reduction) -> (Tensor, Tensor)");
-  m.def("sliced_score_terms_backward(Tensor grad, Tensor score, Tensor v, Tensor dots, bool variance_reduction) "
-        "-> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
   m.impl("sliced_score_terms", &sliced_terms_cpu);
   m.impl("sliced_score_terms_backward", &sliced_terms_backward_cpu);
 }
+
+FASTSCORE_PLAIN(sliced_score_terms, sliced_terms_cpu);
+FASTSCORE_PLAIN(sliced_score_terms_backward, sliced_terms_backward_cpu);
 
 }  // namespace fastscore

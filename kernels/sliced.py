@@ -1,5 +1,5 @@
 """Sliced score matching (Hutchinson) terms in Triton, matching ``reference.sliced_score_terms``
-and the C++ op ``fastscore::sliced_score_terms(_backward)`` (csrc/hutchinson.cpp).
+and the C++ op ``fastscore::sliced_score_terms(_backward)`` (csrc/sliced.cpp).
 
 Math
 ----
@@ -19,7 +19,7 @@ cd is the compute dtype (fp64 for fp64 storage, else fp32).
               grad_s[b,k]    = (scale_b * cd(s_bk)) -> dtype                   with VR, else
                              = (((0 + c_b0 v_b0k) + c_b1 v_b1k) + ...) -> dtype   in cd, p in order
 
-= csrc/hutchinson.cpp operation for operation in the backward, so the backward is bit for
+= csrc/sliced.cpp operation for operation in the backward, so the backward is bit for
 bit the C++ op (fp32/fp16, fp64 too); the forward's float64 sums differ from the C++
 op's and the reference's only in summation order (~1e-16 relative), which rounding the
 terms to fp32 almost always hides.
@@ -49,10 +49,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import as_int64
+from fastscore._common import compute_dtype
+
+from ._common import as_int64, block_for
 
 GPU_BLOCK = 1024  # elements per program on the GPU
-INTERPRETER_MAX_BLOCK = 8192
 
 
 @triton.jit
@@ -130,32 +131,8 @@ def sliced_backward_kernel(
 # ---------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _block(device: torch.device, work: int) -> int:
-    """Elements per program: fixed on the GPU; under the interpreter the next power of two
-    of the work, capped, so small tensors do not pay for a huge block."""
-    if torch.device(device).type != "cpu":
-        return GPU_BLOCK
-    return min(max(triton.next_power_of_2(max(int(work), 1)), 16), INTERPRETER_MAX_BLOCK)
-
-
-def _geometry(score: torch.Tensor, jv: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
-    """(B, P, D) after the C++ op's checks (csrc/hutchinson.cpp check_sliced)."""
-    if score.dim() < 1 or jv.dim() != score.dim() + 1:
-        raise ValueError(f"jv must be [B, P, ...] for score [B, ...]: got jv {tuple(jv.shape)}, "
-                         f"score {tuple(score.shape)}")
-    if v.shape != jv.shape:
-        raise ValueError(f"v must have the shape of jv {tuple(jv.shape)}, got {tuple(v.shape)}")
-    if jv.shape[0] != score.shape[0] or jv.shape[2:] != score.shape[1:]:
-        raise ValueError(f"jv must be [B, P, ...] for score [B, ...]: got jv {tuple(jv.shape)}, "
-                         f"score {tuple(score.shape)}")
-    if jv.dtype != score.dtype or v.dtype != score.dtype:
-        raise TypeError(f"score, jv and v must share a dtype, got {score.dtype}, {jv.dtype}, {v.dtype}")
-    if jv.device != score.device or v.device != score.device:
-        raise ValueError(f"score, jv and v must share a device, got {score.device}, {jv.device}, {v.device}")
+def _geometry(score: torch.Tensor, jv: torch.Tensor) -> tuple[int, int, int]:
+    """(B, P, D); shapes were checked by fastscore.ops."""
     B, P = int(jv.shape[0]), int(jv.shape[1])
     return B, P, (score.numel() // B if B > 0 else 0)
 
@@ -166,13 +143,13 @@ def sliced_score_terms(score: torch.Tensor, jv: torch.Tensor, v: torch.Tensor,
     terms_b = (1/P) sum_p [v_bp . jv_bp + 0.5 (v_bp . s_b)^2]  (or + 0.5 |s_b|^2 with
     ``variance_reduction``), dots_bp = v_bp . s_b, all dot products in float64.
     Inputs may be non-contiguous; empty B, P or D gives zeros."""
-    B, P, D = _geometry(score, jv, v)
-    cd = _compute_dtype(score.dtype)
+    B, P, D = _geometry(score, jv)
+    cd = compute_dtype(score.dtype)
     dev = score.device
     if B == 0 or P == 0 or D == 0:
         return torch.zeros(B, dtype=cd, device=dev), torch.zeros((B, P), dtype=torch.float64, device=dev)
     vr = bool(variance_reduction)
-    block = _block(dev, D)
+    block = block_for(dev, D, GPU_BLOCK)
     n_blocks = triton.cdiv(D, block)
     part = torch.empty((B, P, n_blocks, 2), dtype=torch.float64, device=dev)
     sq = torch.empty((B, n_blocks) if vr else (1,), dtype=torch.float64, device=dev)
@@ -194,18 +171,14 @@ def sliced_score_terms_backward(grad: torch.Tensor, score: torch.Tensor, v: torc
                                 variance_reduction: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_score like score, grad_jv like v), contiguous, storage dtypes:
     grad_jv = ((g/P) -> cd) * v; grad_score = (g -> cd) * s with ``variance_reduction``,
-    else sum_p ((g/P * dots_p) -> cd) * v_p in cd, p in order (csrc/hutchinson.cpp)."""
-    B, P, D = _geometry(score, v, v)
+    else sum_p ((g/P * dots_p) -> cd) * v_p in cd, p in order (csrc/sliced.cpp)."""
+    B, P, D = _geometry(score, v)
     dev = score.device
     grad_score = torch.empty(score.shape, dtype=score.dtype, device=dev)
     grad_jv = torch.empty(v.shape, dtype=v.dtype, device=dev)
     if B == 0 or P == 0 or D == 0:
         return grad_score.zero_(), grad_jv.zero_()
-    if grad.numel() != B:
-        raise ValueError(f"grad must have one entry per sample ({B}), got {grad.numel()}")
-    if dots.numel() != B * P:
-        raise ValueError(f"dots must be [B, P] = [{B}, {P}], got {tuple(dots.shape)}")
-    cd = _compute_dtype(score.dtype)
+    cd = compute_dtype(score.dtype)
     vr = bool(variance_reduction)
     g64 = grad.to(device=dev, dtype=torch.float64).reshape(B)
     gp = g64 / torch.full_like(g64, float(P))  # IEEE g / P on every device (as the C++ op)
@@ -215,7 +188,7 @@ def sliced_score_terms_backward(grad: torch.Tensor, score: torch.Tensor, v: torc
     else:
         coef = (gp[:, None] * dots.to(device=dev, dtype=torch.float64).reshape(B, P)).to(cd).contiguous()
     n = B * D
-    block = _block(dev, n)
+    block = block_for(dev, n, GPU_BLOCK)
     sliced_backward_kernel[(triton.cdiv(n, block),)](
         grad_score, grad_jv, score.contiguous(), v.contiguous(), per_p, coef,
         P, D, n,
