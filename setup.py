@@ -64,7 +64,22 @@ def build_extensions():
         args = {"cxx": cxx}
     ext = ext_type("fastscore._C", sources, include_dirs=[os.path.abspath("csrc")], extra_compile_args=args,
                    extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _persistent_editable_temp(cpp_extension.BuildExtension.with_options(use_ninja=True))}
+
+
+def _persistent_editable_temp(base):
+    """setuptools' editable build (PEP 660, pip install -e .) compiles in a new temporary
+    directory each time, so ninja would rebuild every object on every install; a fixed
+    folder under build/ (as a non-editable in-tree build uses) keeps rebuilds incremental."""
+
+    class build_ext(base):
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):
+                here = os.path.dirname(os.path.abspath(__file__))
+                self.build_temp = os.path.join(here, "build", f"editable-temp.{sys.implementation.cache_tag}")
+
+    return build_ext
 
 
 def check_wheel_support():
