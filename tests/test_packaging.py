@@ -58,3 +58,64 @@ def test_profile_command_prints_a_per_op_table(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fastscore::langevin_step_" in proc.stdout and trace.stat().st_size > 0
+
+
+# ------------------------------------------------------------------ layout and packaging
+# SPEC "Layout": `import fastscore` is cheap (no compiled code, Triton or GPU needed) and its
+# public submodules are attributes of the package; pyproject.toml holds the metadata.
+
+HEAVY = ("triton", "matplotlib", "tqdm", "diffusers", "scipy")
+
+
+def test_import_is_cheap_and_every_public_submodule_is_an_attribute():
+    code = (
+        "import importlib.util, sys\n"
+        "import torch  # torch itself may import some (torch.hub imports tqdm when installed)\n"
+        "before = set(sys.modules)\n"
+        "import fastscore\n"
+        f"heavy = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY!r})\n"
+        "assert not heavy, f'import fastscore imported {heavy}'\n"
+        "assert 'triton' not in sys.modules\n"
+        "assert 'fastscore.kernels' not in sys.modules\n"
+        "listed = dir(fastscore)\n"
+        "for core in ('ops', 'sde', 'samplers', 'losses', 'likelihood', 'adapters'):\n"
+        "    assert core in fastscore.SUBMODULES and core in listed, core\n"
+        "for name in fastscore.SUBMODULES:\n"
+        "    exists = importlib.util.find_spec(f'fastscore.{name}') is not None\n"
+        "    assert (name in listed) == exists, (name, exists)\n"
+        "    if not exists:\n"
+        "        assert not hasattr(fastscore, name), name\n"
+        "        continue\n"
+        "    try:\n"
+        "        mod = getattr(fastscore, name)\n"
+        "    except ImportError as e:  # a missing optional dependency: must name the extra\n"
+        "        assert 'fastscore[' in str(e), str(e)\n"
+        "        continue\n"
+        "    assert mod is sys.modules[f'fastscore.{name}'], name\n"
+        "assert callable(fastscore.samplers.pc_sample) and callable(fastscore.losses.anneal_dsm)\n"
+        "assert callable(fastscore.likelihood.log_likelihood) and callable(fastscore.adapters.from_denoiser)\n"
+        "assert fastscore.sde.VPSDE().N > 0\n"
+        "print('ok')\n"
+    )
+    proc = run_py(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_a_declared_submodule_that_does_not_exist_yet_breaks_nothing():
+    code = (
+        "import fastscore\n"
+        "fastscore.SUBMODULES += ('not_written_yet',)\n"
+        "assert 'not_written_yet' not in dir(fastscore)\n"
+        "assert not hasattr(fastscore, 'not_written_yet')\n"
+        "try:\n"
+        "    fastscore.not_written_yet\n"
+        "except AttributeError as e:\n"
+        "    assert 'not_written_yet' in str(e)\n"
+        "try:\n"
+        "    fastscore.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "print('ok')\n"
+    )
+    proc = run_py(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
