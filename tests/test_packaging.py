@@ -119,3 +119,42 @@ def test_a_declared_submodule_that_does_not_exist_yet_breaks_nothing():
     )
     proc = run_py(code)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_a_missing_optional_dependency_is_one_import_error_naming_the_extra():
+    code = (
+        "import sys\n"
+        "for m in ('tqdm', 'tqdm.auto', 'matplotlib', 'diffusers'):\n"
+        "    sys.modules[m] = None  # as if not installed\n"
+        "import torch, fastscore\n"
+        "from fastscore import _optional, demo\n"
+        "try:\n"
+        "    fastscore.samplers.langevin(lambda x, t: -x, torch.zeros(2, 2), 0.1, 2, progress=True)\n"
+        "    raise SystemExit('progress=True without tqdm did not fail')\n"
+        "except ImportError as e:\n"
+        "    assert \"pip install 'fastscore[progress]'\" in str(e) and e.__cause__ is None, str(e)\n"
+        "fastscore.samplers.langevin(lambda x, t: -x, torch.zeros(2, 2), 0.1, 2)  # no bar: no tqdm needed\n"
+        "try:\n"
+        "    _optional.require('diffusers', 'fastscore.diffusers')\n"
+        "except ImportError as e:\n"
+        "    assert \"pip install 'fastscore[diffusers]'\" in str(e), str(e)\n"
+        "demo._plot('never.png', demo.default_mixture(), torch.zeros(4, 2))\n"
+    )
+    proc = run_py(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no PNG written" in proc.stdout and "pip install 'fastscore[plot]'" in proc.stdout, proc.stdout
+
+
+def test_an_installed_but_broken_optional_dependency_shows_its_own_error(tmp_path):
+    (tmp_path / "matplotlib").mkdir()
+    (tmp_path / "matplotlib" / "__init__.py").write_text("import a_module_nobody_has_7\n")
+    code = (
+        "from fastscore import _optional\n"
+        "try:\n"
+        "    _optional.require('matplotlib', 'the demo PNG')\n"
+        "except ModuleNotFoundError as e:\n"
+        "    assert e.name == 'a_module_nobody_has_7' and 'fastscore[' not in str(e), str(e)\n"
+        "print('ok')\n"
+    )
+    proc = run_py(code, PYTHONPATH=str(tmp_path) + os.pathsep + ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
