@@ -158,3 +158,77 @@ def test_an_installed_but_broken_optional_dependency_shows_its_own_error(tmp_pat
     )
     proc = run_py(code, PYTHONPATH=str(tmp_path) + os.pathsep + ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def _version_tuple(v):
+    return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def test_pyproject_declares_metadata_extras_and_keeps_torch_the_users():
+    meta = _pyproject()
+    build = meta["build-system"]
+    assert build["build-backend"] == "setuptools.build_meta"
+    assert not any(r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip() == "torch"
+                   for r in build["requires"]), "torch must not be a build requirement (--no-build-isolation)"
+    project = meta["project"]
+    assert project["name"] == "fastscore" and project["requires-python"] == ">=3.10"
+    torch_req = [d for d in project["dependencies"] if d.startswith("torch")]
+    assert len(torch_req) == 1 and torch_req[0].startswith("torch>="), torch_req  # a floor, never a pin
+    floor = _version_tuple(torch_req[0][len("torch>="):])
+    assert any(d == "numpy" or d.startswith("numpy") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    for extra in ("triton", "plot", "bench", "test", "all"):
+        assert extra in extras, extra
+    assert any(r.startswith("matplotlib") for r in extras["plot"])
+    assert {r.split(">")[0].split("=")[0] for r in extras["bench"]} >= {"pytest-benchmark", "matplotlib"}
+    everything = extras["all"][0]
+    for extra in extras:
+        assert extra == "all" or extra in everything, extra
+    # what run.sh and CI install: torch pinned exactly, at or above the declared floor
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        pins = [line.strip() for line in f if line.strip().startswith("torch")]
+    assert len(pins) == 1 and pins[0].startswith("torch=="), pins
+    assert _version_tuple(pins[0][len("torch=="):]) >= floor
+
+
+def test_version_has_one_source():
+    import fastscore
+
+    meta = _pyproject()
+    assert "version" not in meta["project"] and "version" in meta["project"]["dynamic"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fastscore.__version__"}
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert "version=" not in f.read()
+    from importlib import metadata
+
+    try:
+        installed = metadata.version("fastscore")
+    except metadata.PackageNotFoundError:
+        pytest.skip("fastscore is not installed here (run.sh installs it)")
+    assert installed == fastscore.__version__
+
+
+def _run_setup(*args, **env):
+    code = ("import runpy, sys\n"
+            "sys.modules['torch'] = None  # as in an isolated build environment\n"
+            f"sys.argv = ['setup.py', *{list(args)!r}]\n"
+            "runpy.run_path('setup.py', run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**{k: v for k, v in os.environ.items() if k != "FASTSCORE_PYTHON_ONLY"}, **env})
+
+
+def test_a_build_that_cannot_import_torch_says_what_to_do_in_one_sentence():
+    proc = _run_setup("--name")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install torch first, then pip install --no-build-isolation ." in lines[0], lines
+    # without the extension, the build needs no torch at all
+    proc = _run_setup("--name", FASTSCORE_PYTHON_ONLY="1")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "fastscore", proc.stderr[-2000:]
