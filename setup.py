@@ -8,12 +8,23 @@ still installs. Environment:
   FASTSCORE_CUDA=0|1        force the CUDA sources off / on (default: auto)
   DEBUG=1                   -O0 -g
   MAX_JOBS, TORCH_CUDA_ARCH_LIST   honoured by torch's ninja build
+
+Project metadata (name, version, dependencies, extras) is in pyproject.toml. torch is the
+user's, not a build requirement: install it first, then pip install --no-build-isolation .
 """
 
 import glob
+import importlib.util
 import os
+import sys
 
+import setuptools
 from setuptools import setup
+
+_NO_TORCH = (
+    "fastscore: this build cannot import torch, which it compiles against and never installs itself "
+    "(an isolated build cannot see yours): install torch first, then pip install --no-build-isolation ."
+)
 
 
 def _flag(name, default="0"):
@@ -23,8 +34,11 @@ def _flag(name, default="0"):
 def build_extensions():
     if _flag("FASTSCORE_PYTHON_ONLY"):
         return [], {}
-    import torch
-    from torch.utils import cpp_extension
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.exit(_NO_TORCH)
 
     debug = _flag("DEBUG")
     # No -march=native: the noise generator is multiversioned at run time
@@ -50,18 +64,42 @@ def build_extensions():
         args = {"cxx": cxx}
     ext = ext_type("fastscore._C", sources, include_dirs=[os.path.abspath("csrc")], extra_compile_args=args,
                    extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _persistent_editable_temp(cpp_extension.BuildExtension.with_options(use_ninja=True))}
 
 
+def _persistent_editable_temp(base):
+    """setuptools' editable build (PEP 660, pip install -e .) compiles in a new temporary
+    directory each time, so ninja would rebuild every object on every install; a fixed
+    folder under build/ (as a non-editable in-tree build uses) keeps rebuilds incremental."""
+
+    class build_ext(base):
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):
+                here = os.path.dirname(os.path.abspath(__file__))
+                self.build_temp = os.path.join(here, "build", f"editable-temp.{sys.implementation.cache_tag}")
+
+    return build_ext
+
+
+def check_wheel_support():
+    """setuptools < 70.1 builds wheels (and their metadata) only with the separate `wheel`
+    package, which a --no-build-isolation build does not install: say so instead of
+    "error: invalid command 'bdist_wheel'"."""
+    building = any(cmd in sys.argv for cmd in ("dist_info", "bdist_wheel", "editable_wheel"))
+    old = tuple(int(p) for p in setuptools.__version__.split(".")[:2] if p.isdigit()) < (70, 1)
+    if building and old and importlib.util.find_spec("wheel") is None:
+        sys.exit(f"fastscore: setuptools {setuptools.__version__} needs the `wheel` package to build a wheel: "
+                 "pip install -U 'setuptools>=70.1' (or pip install wheel), then build again")
+
+
+check_wheel_support()
 ext_modules, cmdclass = build_extensions()
 
+# name, version, dependencies and extras: pyproject.toml.
 setup(
-    name="fastscore",
-    version="0.1.0",
-    description="Fused kernels for score-based generative models",
     packages=["fastscore", "fastscore.kernels"],
     package_dir={"fastscore": "fastscore", "fastscore.kernels": "kernels"},
-    python_requires=">=3.10",
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

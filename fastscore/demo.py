@@ -115,7 +115,7 @@ def run(n_samples: int = 8192, n_levels: int = 10, n_steps_each: int = 100, trai
     sigmas = geometric_sigmas(8.0, 0.05, n_levels)
     step_lr = 0.1 * sigmas[-1].item() ** 2  # alpha_i / sigma_i^2 = 0.1 at every level
     print(f"fastscore {fastscore.__version__} demo: a 3-mode 2-D Gaussian mixture (weights "
-          f"{gmm.weights.tolist()}, std {gmm.std}); backends here: {fastscore.available_backends()}")
+          f"{_fmt(gmm.weights, '.2g')}, std {gmm.std:g}); backends here: {fastscore.available_backends()}")
 
     print(f"1. train a noise-conditional score network ({train_steps} Adam steps, batch {batch}, "
           f"{n_levels} noise levels, NCSN's anneal_dsm loss)")
@@ -159,11 +159,12 @@ def run(n_samples: int = 8192, n_levels: int = 10, n_steps_each: int = 100, trai
     rows = [(label, *best[label]) for label, *_ in configs]
 
     se = math.sqrt(0.25 / n_samples)
-    print(f"   {'':24s} mode weights            TV     RMS spread  time")
-    print(f"   {'true mixture':24s} {[round(w, 3) for w in gmm.weights.tolist()]}   0.000  {gmm.std:.3f}")
+    width = len(_fmt(gmm.weights))
+    print(f"   {'':24s} {'mode weights':{width}s}  {'TV':>5s}  {'RMS spread':>10s}  {'time':>7s}")
+    print(f"   {'true mixture':24s} {_fmt(gmm.weights)}  {0:5.3f}  {gmm.std:10.3f}")
     for label, dt, x in rows:
         w, tv, spread = _quality(gmm, x)
-        print(f"   {label:24s} {[round(v, 3) for v in w.tolist()]}  {tv:.3f}  {spread:.3f}      {dt:5.2f} s")
+        print(f"   {label:24s} {_fmt(w)}  {tv:5.3f}  {spread:10.3f}  {dt:5.2f} s")
     print(f"   (a mode weight's sampling standard error is ~{se:.3f})")
     same = torch.equal(rows[2][2], rows[3][2])
     print(f"   exact-score samples, fused vs reference backend, bit-identical: {same}")
@@ -175,15 +176,22 @@ def run(n_samples: int = 8192, n_levels: int = 10, n_steps_each: int = 100, trai
     return rows
 
 
-def _plot(path, gmm, x):
-    try:
-        import matplotlib
+def _fmt(values, spec: str = ".3f") -> str:
+    """[0.200, 0.300, 0.500]: a float32 tensor's values as written, not as float64 reprs."""
+    return "[" + ", ".join(f"{v:{spec}}" for v in values.tolist()) + "]"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("  (matplotlib not installed: no PNG written)")
+
+def _plot(path, gmm, x):
+    from fastscore._optional import MissingOptionalDependency, require
+
+    try:
+        matplotlib = require("matplotlib", "the demo's PNG")
+    except MissingOptionalDependency as e:
+        print(f"   no PNG written: {e}")
         return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3, label="fastscore samples")
     ax.scatter(gmm.means[:, 0], gmm.means[:, 1], c="red", marker="x", label="true means")
@@ -192,5 +200,11 @@ def _plot(path, gmm, x):
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     ax.set_title("learned score, fused annealed Langevin")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    print(f"  wrote {path}")
+    try:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as e:
+        print(f"   no PNG written: cannot write {path} ({e})")
+        return
+    finally:
+        plt.close(fig)
+    print(f"   wrote {path}")

@@ -31,12 +31,9 @@ step_seed = ops.derive_seed
 
 def _progress(n: int, show: bool, desc: str):
     if show:
-        try:
-            from tqdm.auto import trange
+        from fastscore._optional import require
 
-            return trange(n, desc=desc)
-        except ImportError:
-            pass
+        return require("tqdm.auto", "progress=True (a progress bar)").trange(n, desc=desc)
     return range(n)
 
 
