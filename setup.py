@@ -41,9 +41,10 @@ def build_extensions():
         sys.exit(_NO_TORCH)
 
     debug = _flag("DEBUG")
-    # No -march=native: the noise generator is multiversioned at run time
-    # (target_clones); -ffp-contract=off keeps a*b+c from becoming an fma, which
-    # would change the bits that every backend must agree on.
+    # No -march=native: the noise generator picks its AVX-512 / AVX2 / scalar kernels at
+    # run time (csrc/cpu_stream_simd.h; each SIMD function carries its own target
+    # attribute); -ffp-contract=off keeps a*b+c from becoming an fma, which would change
+    # the bits that every backend must agree on.
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -fopenmp: at::parallel_for is a header template; without it the loop runs serially.
     cxx += ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]

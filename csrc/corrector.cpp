@@ -22,27 +22,24 @@ namespace {
 // Per-row sums of squares of the score and of z (the stream, or an explicit noise
 // array), staged in the compute type and reduced in float64 (row_reduce.h).
 template <typename scalar_t, typename noise_t>
-void row_sq_sums(const scalar_t* s, const noise_t* noise, const HostStream& st, int64_t rows, int64_t per_row,
-                 std::vector<double>& ss, std::vector<double>& zz) {
+std::vector<std::array<double, 2>> row_sq_sums(const scalar_t* s, const noise_t* noise, const HostStream& st,
+                                               int64_t rows, int64_t per_row) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
-  const auto sums = row_sums<2, 2, opmath_t>(rows, per_row, squares, [&](int64_t c0, int64_t n, opmath_t (*f)[kChunk]) {
-    for (int64_t t = 0; t < n; ++t) f[0][t] = static_cast<opmath_t>(s[c0 + t]);
+  return row_sums<2, 2, opmath_t>(rows, per_row, squares, [&](int64_t c0, int64_t n,
+                                                                           opmath_t (*buf)[kChunk],
+                                                                           const opmath_t** f) {
+    f[0] = in_compute_type(s + c0, n, buf[0]);
     if (noise != nullptr) {
-      for (int64_t t = 0; t < n; ++t) f[1][t] = static_cast<opmath_t>(noise[c0 + t]);
+      f[1] = in_compute_type(noise + c0, n, buf[1]);
     } else {
-      for_each_noise_tile(st, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
-        for (int64_t t = 0; t < count; ++t) f[1][i - c0 + t] = static_cast<opmath_t>(z[t]);
+      f[1] = buf[1];
+      for_each_noise_chunk(st, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
+        for (int64_t t = 0; t < count; ++t) buf[1][i - c0 + t] = static_cast<opmath_t>(z[t]);
       });
     }
   });
-  ss.resize(rows);
-  zz.resize(rows);
-  for (int64_t r = 0; r < rows; ++r) {
-    ss[r] = sums[r][0];
-    zz[r] = sums[r][1];
-  }
 }
 
 void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mean, const at::Tensor& score,
@@ -55,22 +52,29 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   UpdateTensors t = make_update_tensors(x, x_mean, x, {score}, noise);
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  std::vector<double> ss, zz;
+  std::vector<std::array<double, 2>> sums;  // per row: |score|^2, |z|^2
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
-    if (t.noise.defined()) {
-      row_sq_sums(sp, t.noise.data_ptr<opmath_t>(), st, rows, per_row, ss, zz);
-    } else {
-      row_sq_sums(sp, static_cast<const float*>(nullptr), st, rows, per_row, ss, zz);
-    }
+    sums = t.noise.defined() ? row_sq_sums(sp, t.noise.data_ptr<opmath_t>(), st, rows, per_row)
+                             : row_sq_sums(sp, static_cast<const float*>(nullptr), st, rows, per_row);
   });
   // The rule: on the batch means of the norms (as score_sde and diffusers), or per row.
   double gm = 0.0, nm = 0.0;
-  if (!per_sample) {
-    for (int64_t r = 0; r < rows; ++r) {
-      gm += std::sqrt(ss[r]);
-      nm += std::sqrt(zz[r]);
+  if (!per_sample) {  // batch means of the row norms: fixed blocks of rows, in parallel, added in order
+    constexpr int64_t kRowsPerBlock = 1024;
+    const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    std::vector<double> part(2 * blocks);
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kRowsPerBlock, n = std::min(kRowsPerBlock, rows - r0);
+        sum_sqrt(&sums[r0][0], n, 2, &part[2 * b]);
+        sum_sqrt(&sums[r0][1], n, 2, &part[2 * b + 1]);
+      }
+    });
+    for (int64_t b = 0; b < blocks; ++b) {
+      gm += part[2 * b];
+      nm += part[2 * b + 1];
     }
     gm /= static_cast<double>(rows);
     nm /= static_cast<double>(rows);
@@ -88,7 +92,7 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   } else {
     step.resize(2 * rows);
     for (int64_t r = 0; r < rows; ++r) {
-      const double g = per_sample ? std::sqrt(ss[r]) : gm, n = per_sample ? std::sqrt(zz[r]) : nm;
+      const double g = per_sample ? std::sqrt(sums[r][0]) : gm, n = per_sample ? std::sqrt(sums[r][1]) : nm;
       step[r] = corrector_eps(g, n, snr, alpha_c.at_row(r));
       step[rows + r] = std::sqrt(step[r] * 2.0);
     }

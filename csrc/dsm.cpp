@@ -17,23 +17,26 @@
 namespace fastscore {
 namespace {
 
-// Stages d = s + z * inv_sigma for flat elements [c0, c0 + n) of one row.
-template <typename scalar_t, typename opmath_t>
-inline void stage_residual(const scalar_t* s, const opmath_t* noise, const HostStream& so, int64_t base, int64_t c0,
-                           int64_t n, opmath_t inv_sigma, opmath_t* d) {
-  if (noise != nullptr) {
-    for (int64_t t = 0; t < n; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(noise[c0 + t], inv_sigma));
-    return;
-  }
-  for_each_noise_tile(so, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
-    for (int64_t t = 0; t < count; ++t) {
-      d[i - c0 + t] = fs_add(static_cast<opmath_t>(s[i + t]), fs_mul(static_cast<opmath_t>(z[t]), inv_sigma));
-    }
-  });
-}
-
 // 1/sigma of a row, in float64 (the reference's 1.0 / sigma), rounded by the caller.
 inline double inverse_sigma(const Coef& sigma, int64_t row) { return 1.0 / sigma.at_row(row); }
+
+// Stages d = s + z * (1/sigma_row) for flat elements [c0, c0 + n) (n <= kNoiseChunk; one
+// row or many short rows): the stream (or the explicit noise) for the whole range at once.
+template <typename scalar_t, typename opmath_t>
+inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const HostStream& so, int64_t per_row,
+                            const Coef& sigma, int64_t c0, int64_t n, opmath_t* d) {
+  if (noise != nullptr) {
+    for (int64_t t = 0; t < n; ++t) d[t] = noise[c0 + t];
+  } else {
+    for_each_noise_chunk(so, so.offset * per_row, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
+      for (int64_t t = 0; t < count; ++t) d[i - c0 + t] = static_cast<opmath_t>(z[t]);
+    });
+  }
+  for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
+    const opmath_t inv = static_cast<opmath_t>(inverse_sigma(sigma, row));
+    for (int64_t t = i - c0; t < i - c0 + m; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(d[t], inv));
+  });
+}
 
 at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::optional<at::Tensor>& sigma_t, double weight,
                         const c10::optional<at::Tensor>& weight_t, const c10::optional<at::Tensor>& noise,
@@ -55,11 +58,10 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::option
     const opmath_t* np = n_c.defined() ? n_c.data_ptr<opmath_t>() : nullptr;
     const scalar_t* sp = s_c.data_ptr<scalar_t>();
     const FactorPairs<1> square = {{{0, 0}}};  // |d|^2
-    const auto sums = row_sums<1, 1, opmath_t>(rows, per_row, square, [&](int64_t c0, int64_t n, opmath_t (*f)[kChunk]) {
-      for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
-        stage_residual(sp, np, so, so.offset * per_row, i, m, static_cast<opmath_t>(inverse_sigma(sig, row)),
-                       f[0] + (i - c0));
-      });
+    const auto sums = row_sums<1, 1, opmath_t>(rows, per_row, square, [&](int64_t c0, int64_t n,
+                                                                          opmath_t (*buf)[kChunk], const opmath_t** f) {
+      stage_residuals(sp, np, so, per_row, sig, c0, n, buf[0]);
+      f[0] = buf[0];
     });
     opmath_t* out = loss.data_ptr<opmath_t>();
     for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<opmath_t>(0.5 * w.at_row(r) * sums[r][0]);
@@ -91,16 +93,16 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& score
     const opmath_t* np = n_c.defined() ? n_c.data_ptr<opmath_t>() : nullptr;
     const scalar_t* sp = s_c.data_ptr<scalar_t>();
     scalar_t* out = grad_score.data_ptr<scalar_t>();
-    // One row segment at a time, staged in chunks: the same residual as the forward.
+    // Staged in chunks (of one row or of many short rows): the same residual as the forward.
     at::parallel_for(0, score.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      alignas(64) opmath_t d[kChunk];
-      for (int64_t c0 = begin; c0 < end;) {
-        const int64_t row = c0 / per_row;
-        const int64_t n = std::min({kChunk, end - c0, (row + 1) * per_row - c0});
-        stage_residual(sp, np, so, so.offset * per_row, c0, n, static_cast<opmath_t>(inverse_sigma(sig, row)), d);
-        const opmath_t scale = static_cast<opmath_t>(gp[row] * w.at_row(row));
-        for (int64_t t = 0; t < n; ++t) out[c0 + t] = static_cast<scalar_t>(fs_mul(scale, d[t]));
-        c0 += n;
+      alignas(64) opmath_t d[kNoiseChunk];
+      for (int64_t c0 = begin; c0 < end; c0 += kNoiseChunk) {
+        const int64_t n = std::min(kNoiseChunk, end - c0);
+        stage_residuals(sp, np, so, per_row, sig, c0, n, d);
+        for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
+          const opmath_t scale = static_cast<opmath_t>(gp[row] * w.at_row(row));
+          for (int64_t t = i - c0; t < i - c0 + m; ++t) out[c0 + t] = static_cast<scalar_t>(fs_mul(scale, d[t]));
+        });
       }
     });
   });

@@ -143,6 +143,8 @@ struct Arg<c10::ArrayRef<int64_t>> {
 
 inline PyObject* to_python(at::Tensor t) { return THPVariable_Wrap(std::move(t)); }
 
+inline PyObject* to_python(const char* s) { return PyUnicode_FromString(s); }
+
 inline PyObject* to_python(std::tuple<at::Tensor, at::Tensor> t) {
   PyObject* a = THPVariable_Wrap(std::move(std::get<0>(t)));
   PyObject* b = THPVariable_Wrap(std::move(std::get<1>(t)));

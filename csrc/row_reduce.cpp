@@ -1,5 +1,5 @@
-// The lane kernels of row_reduce.h, compiled for AVX-512, AVX2 and baseline x86-64
-// (chosen at load): the 16 float64 lanes are two AVX-512 or four AVX2 vectors.
+// The lane and row kernels of row_reduce.h, compiled for AVX-512, AVX2 and baseline
+// x86-64 (chosen at load): the 16 float64 lanes are two AVX-512 or four AVX2 vectors.
 #include "row_reduce.h"
 
 namespace fastscore {
@@ -16,6 +16,58 @@ void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n) 
   for (int64_t g = 0; g < n; g += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] += a[g + l] * b[g + l];
   }
+}
+
+// Rows of R <= kLanes elements: out[q * stride] = sum_t a[q R + t] * b[q R + t] in order
+// (each lane holds one product), for q < nr.
+template <typename T, int R>
+inline void fold_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
+  for (int64_t q = 0; q < nr; ++q) {
+    double total = 0.0;
+    for (int t = 0; t < R; ++t) total += static_cast<double>(a[q * R + t]) * static_cast<double>(b[q * R + t]);
+    out[q * stride] = total;
+  }
+}
+
+template <typename T>
+inline void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  switch (per_row) {  // the shortest rows (2-D, 3-D batches) with unrolled row loops
+    case 1: return fold_rows<T, 1>(a, b, nr, out, stride);
+    case 2: return fold_rows<T, 2>(a, b, nr, out, stride);
+    case 3: return fold_rows<T, 3>(a, b, nr, out, stride);
+    case 4: return fold_rows<T, 4>(a, b, nr, out, stride);
+    default:
+      for (int64_t q = 0; q < nr; ++q) {
+        double total = 0.0;
+        for (int64_t t = 0; t < per_row; ++t) {
+          total += static_cast<double>(a[q * per_row + t]) * static_cast<double>(b[q * per_row + t]);
+        }
+        out[q * stride] = total;
+      }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  fold_short_rows_impl(a, b, nr, per_row, out, stride);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  fold_short_rows_impl(a, b, nr, per_row, out, stride);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void sum_sqrt(const double* v, int64_t n, int64_t stride, double* total) {
+  double lanes[kLanes] = {};
+  int64_t r = 0;
+  for (; r + kLanes <= n; r += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += __builtin_sqrt(v[(r + l) * stride]);
+  }
+  for (; r < n; ++r) lanes[r % kLanes] += __builtin_sqrt(v[r * stride]);
+  double t = 0.0;
+  for (int l = 0; l < kLanes; ++l) t += lanes[l];
+  *total = t;
 }
 
 }  // namespace fastscore

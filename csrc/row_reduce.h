@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -29,6 +30,14 @@ constexpr int64_t kShortRowGrain = 4096;  // elements per task over short rows (
 // zero-pads with zero_pad). Defined in row_reduce.cpp, multiversioned.
 void accumulate_dot(const float* a, const float* b, double* lanes, int64_t n);
 void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
+
+// Rows of per_row <= kLanes elements: out[q * stride] = (((0 + a_0 b_0) + a_1 b_1) + ...) over
+// row q < nr of a and b (rows laid end to end): the lane order for such rows.
+void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
+void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
+
+// *total = sum_r sqrt(v[r * stride]) for r < n, in kLanes fixed lanes (r % kLanes), then the lanes.
+void sum_sqrt(const double* v, int64_t n, int64_t stride, double* total);
 
 // Zero-pads buf[n, round_up(n, kLanes)) and returns that rounded length.
 template <typename T>
@@ -48,16 +57,14 @@ inline void for_each_row_piece(int64_t c0, int64_t count, int64_t per_row, Fn&& 
   }
 }
 
-// fn(R) with R() the row length as a compile-time constant for the shortest rows (a 2-D or
-// 3-D batch), so their row loops unroll; a run-time value otherwise.
-template <typename Fn>
-inline void with_short_row(int64_t per_row, Fn&& fn) {
-  switch (per_row) {
-    case 1: fn([] { return int64_t{1}; }); break;
-    case 2: fn([] { return int64_t{2}; }); break;
-    case 3: fn([] { return int64_t{3}; }); break;
-    case 4: fn([] { return int64_t{4}; }); break;
-    default: fn([per_row] { return per_row; });
+// Values [v, v + n) in the compute type T: v itself when it already is, else converted into buf.
+template <typename T, typename V>
+inline const T* in_compute_type(const V* v, int64_t n, T* buf) {
+  if constexpr (std::is_same_v<T, V>) {
+    return v;
+  } else {
+    for (int64_t t = 0; t < n; ++t) buf[t] = static_cast<T>(v[t]);
+    return buf;
   }
 }
 
@@ -65,8 +72,9 @@ inline void with_short_row(int64_t per_row, Fn&& fn) {
 template <int NSUM>
 using FactorPairs = std::array<std::pair<int, int>, NSUM>;
 
-// sums[r][k] for rows r. stage(c0, n, f) fills f[j][t] (t < n, n <= kChunk) with factor j
-// at flat element c0 + t; [c0, c0 + n) is part of one row, or whole rows (short rows).
+// sums[r][k] for rows r. stage(c0, n, buf, f) points f[j] at factor j of flat elements
+// [c0, c0 + n) (n <= kChunk): at the data itself where it is already in the compute type,
+// or at buf[j] after filling it. [c0, c0 + n) is part of one row, or whole rows (short rows).
 template <int NSUM, int NF, typename T, typename StageFn>
 std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs,
                                                StageFn&& stage) {
@@ -77,23 +85,16 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
     const int64_t rows_per_chunk = kChunk / per_row;
     const int64_t grain = std::max<int64_t>(1, kShortRowGrain / per_row);
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-      alignas(64) T f[NF][kChunk];
+      alignas(64) T buf[NF][kChunk];
+      const T* f[NF];
       for (int64_t r = r0; r < r1; r += rows_per_chunk) {
         const int64_t nr = std::min(rows_per_chunk, r1 - r);
-        stage(r * per_row, nr * per_row, f);
+        stage(r * per_row, nr * per_row, buf, f);
         for (int k = 0; k < NSUM; ++k) {
           const T* a = f[pairs[k].first];
           const T* b = f[pairs[k].second];
           if (per_row <= kLanes) {  // one element per lane: the lanes are the products, added in order
-            alignas(64) double prod[kChunk];
-            for (int64_t t = 0; t < nr * per_row; ++t) prod[t] = static_cast<double>(a[t]) * static_cast<double>(b[t]);
-            with_short_row(per_row, [&](auto R) {
-              for (int64_t q = 0; q < nr; ++q) {
-                double total = 0.0;
-                for (int64_t t = 0; t < R(); ++t) total += prod[q * R() + t];
-                sums[r + q][k] = total;
-              }
-            });
+            fold_short_rows(a, b, nr, per_row, &sums[r][k], NSUM);
             continue;
           }
           for (int64_t q = 0; q < nr; ++q) {  // the general path's lane order, row by row
@@ -117,7 +118,8 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
   std::vector<std::array<double, NSUM>> partial(rows * blocks_per_row);
   const int64_t grain = std::max<int64_t>(1, kReduceGrain / std::min(per_row, kReduceBlock));
   at::parallel_for(0, rows * blocks_per_row, grain, [&](int64_t b0, int64_t b1) {
-    alignas(64) T f[NF][kChunk];
+    alignas(64) T buf[NF][kChunk];
+    const T* f[NF];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = b / blocks_per_row, k = b % blocks_per_row;
       const int64_t begin = row * per_row + k * kReduceBlock;
@@ -125,10 +127,13 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
       alignas(64) double lanes[NSUM][kLanes] = {};
       for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
         const int64_t n = std::min(kChunk, end - c0);
-        stage(c0, n, f);
+        stage(c0, n, buf, f);
         int64_t padded = 0;
-        for (int j = 0; j < NF; ++j) padded = zero_pad(f[j], n);
-        for (int s = 0; s < NSUM; ++s) accumulate_dot(f[pairs[s].first], f[pairs[s].second], lanes[s], padded);
+        for (int j = 0; j < NF; ++j) {  // the lane kernel reads whole groups: zero-padded buffers
+          if (f[j] != buf[j]) std::copy(f[j], f[j] + n, buf[j]);
+          padded = zero_pad(buf[j], n);
+        }
+        for (int s = 0; s < NSUM; ++s) accumulate_dot(buf[pairs[s].first], buf[pairs[s].second], lanes[s], padded);
       }
       for (int s = 0; s < NSUM; ++s) {
         double total = 0.0;

@@ -32,21 +32,22 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_cpu(const at::Tensor& score, con
     // Rows of the reduction are (b, p) pairs: [v.jv, v.s].
     const FactorPairs<2> pairs = {{{0, 1}, {0, 2}}};  // factors v, jv, s: v.jv and v.s
     const auto pair_sums = row_sums<2, 3, opmath_t>(g.B * g.P, g.D, pairs, [&](int64_t c0, int64_t n,
-                                                                               opmath_t (*f)[kChunk]) {
-      for (int64_t t = 0; t < n; ++t) {
-        f[0][t] = static_cast<opmath_t>(vp[c0 + t]);
-        f[1][t] = static_cast<opmath_t>(jp[c0 + t]);
-      }
+                                                                               opmath_t (*buf)[kChunk],
+                                                                               const opmath_t** f) {
+      f[0] = in_compute_type(vp + c0, n, buf[0]);
+      f[1] = in_compute_type(jp + c0, n, buf[1]);
+      f[2] = buf[2];
       for_each_row_piece(c0, n, g.D, [&](int64_t row, int64_t i, int64_t m) {
         const scalar_t* sr = sp + (row / g.P) * g.D + (i - row * g.D);  // s of sample b = row / P
-        for (int64_t t = 0; t < m; ++t) f[2][i - c0 + t] = static_cast<opmath_t>(sr[t]);
+        for (int64_t t = 0; t < m; ++t) buf[2][i - c0 + t] = static_cast<opmath_t>(sr[t]);
       });
     });
     std::vector<std::array<double, 1>> sq;
     if (variance_reduction) {
       const FactorPairs<1> square = {{{0, 0}}};
-      sq = row_sums<1, 1, opmath_t>(g.B, g.D, square, [&](int64_t c0, int64_t n, opmath_t (*f)[kChunk]) {
-        for (int64_t t = 0; t < n; ++t) f[0][t] = static_cast<opmath_t>(sp[c0 + t]);
+      sq = row_sums<1, 1, opmath_t>(g.B, g.D, square, [&](int64_t c0, int64_t n, opmath_t (*buf)[kChunk],
+                                                           const opmath_t** f) {
+        f[0] = in_compute_type(sp + c0, n, buf[0]);
       });
     }
     opmath_t* tp = terms.data_ptr<opmath_t>();

@@ -102,7 +102,7 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
       });
       return;
     }
-    for_each_noise_tile(s, s.offset * p.per_row, begin, end, [&](int64_t i0, int64_t count, const float* z) {
+    for_each_noise_chunk(s, s.offset * p.per_row, begin, end, [&](int64_t i0, int64_t count, const float* z) {
       for_each_row_segment(u, i0, count, p.per_row, c, [&](int64_t i, int64_t n) {
         update_segment<K, kOut2, kNoise1, kNoise2>(p, i, n, c, z + (i - i0));
       });

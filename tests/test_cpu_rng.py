@@ -1,0 +1,110 @@
+"""The CPU noise generator (csrc/cpu_stream_simd.h): explicit AVX-512 and AVX2 kernels and
+the scalar definition (philox.h), chosen at run time, all giving the stream's bits.
+
+* tests/cpu/test_stream.cpp, built here from csrc/, compares every kernel path this CPU can
+  run against philox.h evaluated element by element: >= 10^8 normals, 10^8 words and 10^8
+  Rademacher signs per path, over seeds 0 .. 2^64 - 1 and counter bases where the low
+  counter word wraps inside a vector, at every alignment, and split into calls of every
+  size (results independent of chunking);
+* each path, forced with FASTSCORE_CPU_KERNEL in a fresh process, reproduces the torch
+  reference through the ops (normals, signs, words, step_, the corrector, dsm_loss);
+* no fused multiply-add in the object code of the noise symbols (a path this CPU cannot
+  run is still compiled into the extension, so this inspects it too).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fastscore import backends
+from support import ROOT
+
+needs_ext = pytest.mark.skipif(not backends.HAS_EXTENSION, reason="fastscore._C not built")
+CXX = shutil.which("g++")
+
+
+@pytest.mark.skipif(CXX is None, reason="g++ not found")
+def test_every_kernel_path_matches_the_definition(tmp_path):
+    csrc = ROOT / "csrc"
+    sources = [csrc / f for f in ("stream_dispatch.cpp", "stream_scalar.cpp", "stream_avx2.cpp", "stream_avx512.cpp")]
+    exe = tmp_path / "test_stream"
+    flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
+    build = subprocess.run([CXX, *flags, f"-I{csrc}", str(ROOT / "tests" / "cpu" / "test_stream.cpp"),
+                            *map(str, sources), "-o", str(exe)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "PASS: 0 mismatching values" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    paths = re.search(r"paths tested: (.*)", run.stdout).group(1).split()
+    assert "scalar" in paths and len(paths) >= 2, paths  # the definition and at least one SIMD path
+    for path in paths:  # >= 10^8 values of each kind per path
+        counts = re.search(rf"\[{path}\] normals (\d+), words (\d+), signs (\d+)", run.stdout).groups()
+        assert all(int(c) >= 10**8 for c in counts), (path, counts)
+
+
+CHECK = r"""
+import os, torch, fastscore
+from fastscore import ops, reference, backends
+from fastscore._common import seed_bits
+assert backends._C.cpu_kernel() == os.environ["FASTSCORE_CPU_KERNEL"], backends._C.cpu_kernel()
+def same(a, b, what):
+    assert a.dtype == b.dtype and torch.equal(a.view(torch.int32) if a.dtype == torch.float32 else a,
+                                              b.view(torch.int32) if b.dtype == torch.float32 else b), what
+for seed in (0, 1, 2**63 + 7, 0xDEADBEEFCAFEF00D, 2**64 - 1):
+    for offset, shape in ((0, (3, 1001)), (1, (5, 333)), ((2**32 - 40) // 7, (9, 7)), (2**33 + 3, (2, 4097))):
+        same(ops.noise(shape, seed, offset), reference.noise(shape, seed, offset), (seed, offset))
+        same(ops.probes(shape, seed, offset), reference.rademacher(shape, seed, offset), ("signs", seed, offset))
+    c = 2**32 - 9
+    words = torch.stack(reference.philox4x32(seed_bits(seed), torch.arange(c, c + 50)), 1)
+    same(ops.philox_words(seed, c, 50), (words - ((words >> 31) << 32)).to(torch.int32), ("words", seed))
+g = torch.Generator().manual_seed(0)
+x, s = torch.randn(64, 3, 7, 5, generator=g), torch.randn(64, 3, 7, 5, generator=g)
+out = []
+for b in ("reference", "cpp"):
+    with fastscore.use_backend(b):
+        y = x.clone(); ops.step_(y, s, 0.9, 0.1, 0.3, seed=2**63 + 1, offset=2**32)
+        c = x.clone(); ops.langevin_corrector_(c, s, 0.16, seed=5, offset=3)
+        d = ops.dsm_loss(s, 0.4, seed=9)
+        out.append((y, c, d))
+for a, b, what in zip(out[0], out[1], ("step_", "corrector", "dsm_loss")):
+    same(b, a, what)
+print("ok")
+"""
+
+
+@needs_ext
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar"])
+def test_each_kernel_path_reproduces_the_reference(kernel):
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if kernel == "avx512" and not all(f in flags for f in ("avx512f", "avx512vl", "avx512dq", "avx512bw")):
+        pytest.skip("this CPU has no AVX-512 (F, VL, DQ, BW): the path is compiled and inspected only")
+    if kernel == "avx2" and "avx2" not in flags:
+        pytest.skip("this CPU has no AVX2")
+    env = {**os.environ, "FASTSCORE_CPU_KERNEL": kernel}
+    proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+
+
+@needs_ext
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not found")
+def test_no_fused_multiply_add_in_the_noise_code():
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", backends._C.__file__], capture_output=True,
+                         text=True, check=True).stdout
+    noise_fn = re.compile(r"stream_detail|stream_normals|stream_words|stream_signs")
+    keep, counted, hits = False, {"%zmm": 0, "%ymm": 0}, []
+    for line in dis.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if m:
+            keep = bool(noise_fn.search(m.group(1)))
+            name = m.group(1)
+            continue
+        if keep and re.search(r"\t\s*v?fn?m(?:add|sub)", line):
+            hits.append(f"{name}: {line.strip()}")
+        if keep:
+            for register in counted:
+                counted[register] += register in line
+    assert not hits, hits[:10]
+    assert counted["%zmm"] > 500 and counted["%ymm"] > 500, counted  # both SIMD paths are really in the build
