@@ -5,7 +5,7 @@
 // of a chunk into lane t % kLanes), lanes then blocks are added in a fixed order. So a
 // sum's bits depend on the data only — not on the thread count or the schedule.
 //
-// Rows of at most kChunk elements (a 2-D batch: thousands of rows of 2) are staged many
+// Rows of at most kShortRow elements (a 2-D batch: thousands of rows of 2) are staged many
 // rows at a time and folded row by row in exactly that lane order, so they cost no
 // per-row overhead and give the same bits as the general path.
 #pragma once
@@ -21,7 +21,8 @@
 namespace fastscore {
 
 constexpr int64_t kReduceBlock = 16384;  // elements per partial sum
-constexpr int64_t kChunk = 256;          // elements staged per lane pass
+constexpr int64_t kChunk = 1024;         // elements staged per pass (the noise generator's chunk)
+constexpr int64_t kShortRow = 256;       // rows up to this long are staged many at a time
 constexpr int kLanes = 16;
 constexpr int64_t kReduceGrain = 8192;    // elements per parallel task
 constexpr int64_t kShortRowGrain = 4096;  // elements per task over short rows (the update's grain)
@@ -81,7 +82,7 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
   std::vector<std::array<double, NSUM>> sums(rows);
   for (auto& s : sums) s.fill(0.0);
   if (rows == 0 || per_row == 0) return sums;
-  if (per_row <= kChunk) {  // whole rows per chunk, folded one row at a time
+  if (per_row <= kShortRow) {  // whole rows per chunk, folded one row at a time
     const int64_t rows_per_chunk = kChunk / per_row;
     const int64_t grain = std::max<int64_t>(1, kShortRowGrain / per_row);
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
@@ -129,11 +130,16 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
         const int64_t n = std::min(kChunk, end - c0);
         stage(c0, n, buf, f);
         int64_t padded = 0;
-        for (int j = 0; j < NF; ++j) {  // the lane kernel reads whole groups: zero-padded buffers
-          if (f[j] != buf[j]) std::copy(f[j], f[j] + n, buf[j]);
+        const T* g[NF];
+        for (int j = 0; j < NF; ++j) {  // the lane kernel reads whole groups: pad a partial one with zeros
+          g[j] = f[j];
+          if (n % kLanes != 0) {
+            if (f[j] != buf[j]) std::copy(f[j], f[j] + n, buf[j]);
+            g[j] = buf[j];
+          }
           padded = zero_pad(buf[j], n);
         }
-        for (int s = 0; s < NSUM; ++s) accumulate_dot(buf[pairs[s].first], buf[pairs[s].second], lanes[s], padded);
+        for (int s = 0; s < NSUM; ++s) accumulate_dot(g[pairs[s].first], g[pairs[s].second], lanes[s], padded);
       }
       for (int s = 0; s < NSUM; ++s) {
         double total = 0.0;
