@@ -149,10 +149,10 @@ def callable_(fn, name: str, how: str) -> None:
         raise TypeError(f"{name} must be callable as {how}, got {type(fn).__name__}")
 
 
-def scored(score_fn, x: torch.Tensor, *args) -> torch.Tensor:
-    """score_fn(x, *args), checked to return a tensor shaped like x."""
+def scored(score_fn, x: torch.Tensor, *args, cast: bool = False) -> torch.Tensor:
+    """score_fn(x, *args), checked to return a tensor shaped like x (``cast``: in x's dtype)."""
     s = score_fn(x, *args)
     if not isinstance(s, torch.Tensor) or s.shape != x.shape:
         raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got "
                          f"{tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}")
-    return s
+    return s.to(x.dtype) if cast and s.dtype != x.dtype else s

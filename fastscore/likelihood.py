@@ -1,5 +1,5 @@
 """Log-likelihood through the probability-flow ODE (score_sde's likelihood.py), solved
-on the tensor's device with fastscore's Dormand-Prince (samplers.solve_rk45).
+on the tensor's device with fastscore's Dormand-Prince (fastscore/_ode.py).
 
     d x / dt     = f_t x - g_t^2 / 2 * s(x, t)
     d logp / dt  = div(drift) = f_t D - g_t^2 / 2 * tr(ds/dx)
@@ -19,7 +19,7 @@ import math
 import torch
 
 from fastscore import ops
-from fastscore.samplers import solve_rk45
+from fastscore._ode import solve_rk45
 from fastscore.sde import SDE
 
 TRACES = ("rademacher", "gaussian", "exact")

@@ -51,6 +51,17 @@ class SDE:
         if N < 1:
             raise ValueError(f"N must be >= 1, got {N}")
         self.N = int(N)
+        self._on_device = {}
+
+    def on(self, name: str, device) -> torch.Tensor:
+        """The discrete schedule ``name`` (e.g. "discrete_betas") on ``device``, copied there
+        once and kept: a sampler's later runs (a CUDA-graph capture among them) find it there
+        and copy nothing from the host."""
+        key = (name, str(torch.device(device)))
+        t = self._on_device.get(key)
+        if t is None:
+            t = self._on_device[key] = getattr(self, name).to(device)
+        return t
 
     # Coefficient forms ([B] tensors) -------------------------------------------------
     def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
@@ -81,7 +92,8 @@ class SDE:
         return _bcast(mean_scale, x) * x, std
 
     def prior_sampling(self, shape, seed: int = 0, offset: int = 0, dtype=torch.float32, device="cpu"):
-        """A prior draw from fastscore's noise stream (so a sampling run is fixed by seed)."""
+        """A prior draw from fastscore's noise stream (so a sampling run is fixed by seed; an
+        int, or a one-element int64 tensor read on the device)."""
         return ops.noise(shape, seed, offset, dtype=dtype, device=device) * self.prior_std()
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
@@ -158,8 +170,8 @@ class VPSDE(SDE):
     def discretize_coef(self, t):
         """DDPM's discretisation: x_{i+1} = sqrt(alpha_i) x_i + sqrt(beta_i) z."""
         idx = self.timestep(t)
-        beta = self.discrete_betas.to(t.device)[idx]
-        alpha = self.alphas.to(t.device)[idx]
+        beta = self.on("discrete_betas", t.device)[idx]
+        alpha = self.on("alphas", t.device)[idx]
         return torch.sqrt(alpha) - 1.0, torch.sqrt(beta)
 
 
@@ -208,7 +220,7 @@ class VESDE(SDE):
     def adjacent_sigmas(self, t):
         """(sigma_i, sigma_{i-1}) of the discrete schedule (sigma_{-1} = 0)."""
         idx = self.timestep(t)
-        sig = self.discrete_sigmas.to(t.device)
+        sig = self.on("discrete_sigmas", t.device)
         sigma = sig[idx]
         adjacent = torch.where(idx == 0, torch.zeros_like(t), sig[(idx - 1).clamp_min(0)])
         return sigma, adjacent
