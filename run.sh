@@ -18,11 +18,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 
-# Install requirements only when they changed since the last install into this venv.
+# Install requirements only when they changed since the last install into this venv; the
+# peers (requirements-peers.txt) without their dependencies, which would pull a CUDA torch.
 stamp="$venv/.fastscore-requirements"
-if ! cmp -s requirements.txt "$stamp"; then
+if ! cat requirements.txt requirements-peers.txt | cmp -s - "$stamp"; then
   "$py" -m pip install --quiet --disable-pip-version-check -r requirements.txt
-  cp requirements.txt "$stamp"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-peers.txt
+  cat requirements.txt requirements-peers.txt > "$stamp"
 fi
 # Editable install; rebuilds the extension when csrc/ changed (ninja makes a no-op cheap).
 "$py" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e . \

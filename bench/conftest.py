@@ -255,7 +255,7 @@ def annotate(config) -> list:
             info["normals_per_s"] = info["normals"] / med
             info["normals_per_s_per_thread"] = info["normals"] / med / max(1, info.get("threads", THREADS))
         unit = _per_step(info, med)
-        for base in ("eager", "compile"):
+        for base in ("eager", "compile", "peer"):
             ref = medians.get(_key(info) + (base,))
             info[f"speedup_vs_{base}"] = ref / unit if ref and unit > 0 else None
     return benches
@@ -317,13 +317,16 @@ def write_plot(benches, copy) -> list[Path]:
         for op in _order({r["op"] for r in rows}, SAMPLER_ORDER):
             sampler_panels.append((f"{op}, {what}", [r for r in rows if r["op"] == op], "us_per_step",
                                    "µs per step (log)"))
+    dropin_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "dropins"]
+    dropin_panels = [(op, [r for r in dropin_rows if r["op"] == op], "us_per_step", "µs per step (log)")
+                     for op in sorted({r["op"] for r in dropin_rows})]
     loss_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "losses"]
     for op in _order({r["op"] for r in loss_rows}, LOSS_ORDER):
         loss_panels.append((f"{op} (fwd+bwd)" if op != "log_likelihood" else op,
                             [r for r in loss_rows if r["op"] == op], "median_us", per_call))
     written = []
     for path, group in ((PLOT_PATH, panels), (RESULTS_DIR / "samplers.png", sampler_panels),
-                        (RESULTS_DIR / "losses.png", loss_panels)):
+                        (RESULTS_DIR / "losses.png", loss_panels), (RESULTS_DIR / "dropins.png", dropin_panels)):
         if group:
             _plot_panels(plt, group, copy, path)
             written.append(path)
@@ -332,7 +335,7 @@ def write_plot(benches, copy) -> list[Path]:
 
 def _plot_panels(plt, panels, copy, path) -> None:
     colors = {"cpp": "tab:blue", "fused": "tab:blue", "reference": "tab:gray", "eager": "tab:orange",
-              "compile": "tab:green"}
+              "peer": "tab:orange", "compile": "tab:green"}
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
@@ -424,7 +427,10 @@ def format_table(benches, copy) -> list[str]:
     loss_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "losses"]
     if loss_rows:
         lines += [""] + format_loss_table(loss_rows)
-    rows = ops_rows + gen_rows + sampler_rows + loss_rows
+    dropin_rows = [b.extra_info for b in benches if b.extra_info.get("suite") == "dropins"]
+    if dropin_rows:
+        lines += [""] + format_dropin_table(dropin_rows)
+    rows = ops_rows + gen_rows + sampler_rows + loss_rows + dropin_rows
     flagged = [r for r in rows if (r.get("other_load_cores") or 0) > BUSY_FLAG]
     lines.append("")
     lines.append(f"busy = cores other processes kept busy while the row was timed; '!' above {BUSY_FLAG}.")
@@ -487,6 +493,25 @@ def format_loss_table(rows) -> list[str]:
     lines.append("saved MB: distinct storages autograd saved for backward (saved_tensors_hooks); new BxD: "
                  "saved tensors of >= B*D elements that are not the inputs/parameters (e.g. a noise tensor); "
                  "peak MB: torch.profiler peak of memory allocated during fwd+bwd, above the start.")
+    return lines
+
+
+def format_dropin_table(rows) -> list[str]:
+    """fastscore.k_diffusion / fastscore.diffusers against the originals, µs per step."""
+    rows = sorted(rows, key=lambda r: (r["peer"], r["op"], _rank(r["size"], SIZE_ORDER), r["provider"]))
+    head = (f"{'drop-in':<20} {'peer':<24} {'size':<13} {'provider':<8} {'steps':>5} {'µs/step':>10} "
+            f"{'x-vs-peer':>9} {'busy':>5}")
+    lines = [head, "-" * len(head)]
+    prev = None
+    for r in rows:
+        if prev is not None and (r["op"], r["size"]) != prev:
+            lines.append("")
+        prev = (r["op"], r["size"])
+        lines.append(f"{r['op']:<20} {r['peer']:<24} {r['size']:<13} {r['provider']:<8} {r['steps']:>5} "
+                     f"{r['us_per_step']:>10.1f} {_fmt(r.get('speedup_vs_peer'), '.2f'):>9} {_busy(r)}")
+    lines.append("zero-cost model (a preallocated tensor): the sampler's own update, noise and Python per step; "
+                 "peer = the original with its default noise (k-diffusion: randn_like / Brownian tree; "
+                 "diffusers: no generator, global RNG); fused = fastscore's stream.")
     return lines
 
 
