@@ -8,7 +8,7 @@ and each fastscore.diffusers scheduler step against the original's.
               default noise, no callback, disable=True);
               diffusers: EulerAncestral, DPM++2M, SDE-DPM++2M (the standard loop over
               ``steps`` timesteps, ``step`` only), ScoreSdeVe (step_correct + step_pred)
-    size      2x4096, 64x3x32x32, 16x3x256x256 (fp32, 2 threads)
+    size      4x2 (the host cost per step), 2x4096, 64x3x32x32, 16x3x256x256 (fp32, 2 threads)
     provider  fused   fastscore (stream noise: no generator for the diffusers rows)
               peer    the original (k-diffusion 0.1.1.post1: its default noise —
                       randn_like, or a Brownian tree for the dpmpp SDE samplers; diffusers
@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SIZES = {"2x4096": (4096, 2), "64x3x32x32": (64, 3, 32, 32), "16x3x256x256": (16, 3, 256, 256)}
+SIZES = {"4x2": (4, 2), "2x4096": (4096, 2), "64x3x32x32": (64, 3, 32, 32), "16x3x256x256": (16, 3, 256, 256)}
 K_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
               "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 D_SCHEDULERS = ("EulerAncestral", "DPM++2M", "SDE-DPM++2M", "ScoreSdeVe")
 PROVIDERS = ("fused", "peer")
-STEPS = {"2x4096": 20, "64x3x32x32": 20, "16x3x256x256": 5}
+STEPS = {"4x2": 200, "2x4096": 20, "64x3x32x32": 20, "16x3x256x256": 5}
 SMOKE_STEPS = 3
 
 

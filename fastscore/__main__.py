@@ -1,4 +1,4 @@
-"""python -m fastscore {demo, info, profile}."""
+"""python -m fastscore {demo, info, profile, gpucheck}."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import platform
 import sys
 
 import torch
-
 
 
 def info() -> None:
@@ -91,6 +90,10 @@ def main(argv=None) -> int:
     p_prof = sub.add_parser("profile", help="per-op torch.profiler table and Chrome trace")
     p_prof.add_argument("--out", default="fastscore_trace.json")
     p_prof.add_argument("--size", default="64x3x32x32")
+    p_gpu = sub.add_parser("gpucheck", help="on a CUDA machine: build, check every backend and capture, time")
+    p_gpu.add_argument("--out", default="gpucheck", help="folder for gpucheck.json and gpucheck.md")
+    p_gpu.add_argument("--dry-run", action="store_true", help="the same code paths on the CPU, small sizes")
+    p_gpu.add_argument("--no-build", action="store_true", help="do not build the CUDA extension")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from fastscore import demo
@@ -98,6 +101,11 @@ def main(argv=None) -> int:
         demo.run(n_samples=args.samples, n_steps_each=args.steps, train_steps=args.train_steps, png=args.png)
     elif args.command == "info":
         info()
+    elif args.command == "gpucheck":
+        from fastscore import gpucheck
+
+        return gpucheck.run(args.out, dry_run=args.dry_run, build=not args.no_build,
+                            argv=sys.argv[2:] if argv is None else argv[1:])
     else:
         profile(args.out, args.size)
     return 0

@@ -36,6 +36,8 @@ where the c term is dropped when that slot is the float 0.0 (then no noise is dr
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastscore._common import compute_dtype, corrector_step_size, row_geometry, uniform_f32  # noqa: F401
@@ -381,10 +383,10 @@ def sliced_score_terms(score, jv, v, variance_reduction):
     terms = (1/P) sum_p [ v_p . jv_p + 0.5 (v_p . s)^2 ]   (or + 0.5 |s|^2 with variance reduction)
     score [B, ...], jv and v [B, P, ...]; dot products in float64, terms in the compute dtype."""
     cd = compute_dtype(score.dtype)
-    B, P = jv.shape[0], jv.shape[1]
-    s64 = score.to(cd).double().reshape(B, 1, -1)
-    v64 = v.to(cd).double().reshape(B, P, -1)
-    trace = (v64 * jv.to(cd).double().reshape(B, P, -1)).sum(-1)
+    B, P, D = jv.shape[0], jv.shape[1], math.prod(score.shape[1:])  # D explicit: B may be 0
+    s64 = score.to(cd).double().reshape(B, 1, D)
+    v64 = v.to(cd).double().reshape(B, P, D)
+    trace = (v64 * jv.to(cd).double().reshape(B, P, D)).sum(-1)
     dots = (v64 * s64).sum(-1)
     if variance_reduction:
         second = 0.5 * (s64[:, 0] ** 2).sum(-1)[:, None]

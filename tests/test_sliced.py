@@ -75,7 +75,7 @@ def test_fused_backward_matches_autograd_of_the_formula_fp64(backend, vr):
                                             (score.requires_grad_(), jv.requires_grad_()))
 
 
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", FAST + ["reference"])
 @pytest.mark.parametrize("score_shape,P", [((0, 5), 2), ((0,), 3), ((3, 0), 2), ((3, 5), 0)], ids=str)
 def test_empty(backend, score_shape, P):
     B = score_shape[0]
