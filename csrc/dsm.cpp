@@ -32,6 +32,17 @@ inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const Host
       for (int64_t t = 0; t < count; ++t) d[i - c0 + t] = static_cast<opmath_t>(z[t]);
     });
   }
+  if (per_row <= kShortRow && c0 % per_row == 0 && n % per_row == 0) {  // whole short rows: no call per row
+    const int64_t r0 = c0 / per_row, nr = n / per_row;
+    alignas(64) double inv[kChunk];
+    sigma.rows_to(r0, nr, inv);
+    for (int64_t q = 0; q < nr; ++q) inv[q] = 1.0 / inv[q];
+    for (int64_t q = 0; q < nr; ++q) {
+      const opmath_t iv = static_cast<opmath_t>(inv[q]);
+      for (int64_t t = q * per_row; t < (q + 1) * per_row; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(d[t], iv));
+    }
+    return;
+  }
   for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
     const opmath_t inv = static_cast<opmath_t>(inverse_sigma(sigma, row));
     for (int64_t t = i - c0; t < i - c0 + m; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(d[t], inv));
@@ -64,7 +75,9 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::option
       f[0] = buf[0];
     });
     opmath_t* out = loss.data_ptr<opmath_t>();
-    for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<opmath_t>(0.5 * w.at_row(r) * sums[r][0]);
+    std::vector<double> wr(rows);
+    w.rows_to(0, rows, wr.data());
+    for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<opmath_t>(0.5 * wr[r] * sums[r][0]);
   });
   return loss;
 }
@@ -93,7 +106,24 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& score
     const opmath_t* np = n_c.defined() ? n_c.data_ptr<opmath_t>() : nullptr;
     const scalar_t* sp = s_c.data_ptr<scalar_t>();
     scalar_t* out = grad_score.data_ptr<scalar_t>();
-    // Staged in chunks (of one row or of many short rows): the same residual as the forward.
+    if (per_row <= kShortRow) {  // whole short rows per chunk, as the forward stages them
+      const int64_t rows_per_chunk = kChunk / per_row;
+      at::parallel_for(0, rows, std::max<int64_t>(1, kShortRowGrain / per_row), [&](int64_t r0, int64_t r1) {
+        alignas(64) opmath_t d[kChunk];
+        alignas(64) double scale[kChunk];
+        for (int64_t r = r0; r < r1; r += rows_per_chunk) {
+          const int64_t nr = std::min(rows_per_chunk, r1 - r), c0 = r * per_row;
+          stage_residuals(sp, np, so, per_row, sig, c0, nr * per_row, d);
+          w.rows_to(r, nr, scale);
+          for (int64_t q = 0; q < nr; ++q) {
+            const opmath_t sc = static_cast<opmath_t>(gp[r + q] * scale[q]);
+            for (int64_t t = q * per_row; t < (q + 1) * per_row; ++t) out[c0 + t] = static_cast<scalar_t>(fs_mul(sc, d[t]));
+          }
+        }
+      });
+      return;
+    }
+    // Staged in chunks of one long row: the same residual as the forward.
     at::parallel_for(0, score.numel(), kGrain, [&](int64_t begin, int64_t end) {
       alignas(64) opmath_t d[kNoiseChunk];
       for (int64_t c0 = begin; c0 < end; c0 += kNoiseChunk) {

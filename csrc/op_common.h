@@ -81,6 +81,19 @@ struct Coef {
       default: return value;
     }
   }
+  // Rows [r0, r0 + n) as double into out, the kind test outside the loop (short rows: a
+  // 2-D batch reads one coefficient per two elements). Host code.
+  void rows_to(int64_t r0, int64_t n, double* out) const {
+    if (kind == kF64) {
+      const double* p = static_cast<const double*>(data) + r0 * stride;
+      for (int64_t q = 0; q < n; ++q) out[q] = p[q * stride];
+    } else if (kind == kF32) {
+      const float* p = static_cast<const float*>(data) + r0 * stride;
+      for (int64_t q = 0; q < n; ++q) out[q] = static_cast<double>(p[q * stride]);
+    } else {
+      for (int64_t q = 0; q < n; ++q) out[q] = at_row(r0 + q);  // half types, values
+    }
+  }
   bool per_row() const { return data != nullptr && stride != 0; }
   bool is_zero_value() const { return data == nullptr && value == 0.0; }
 };

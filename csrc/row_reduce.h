@@ -49,10 +49,13 @@ inline int64_t zero_pad(T* buf, int64_t n) {
 }
 
 // Calls fn(row, i, n) for the pieces of flat elements [c0, c0 + count) that lie in one row.
+// One division per call, none per row: a 2-D batch has thousands of two-element rows.
 template <typename Fn>
 inline void for_each_row_piece(int64_t c0, int64_t count, int64_t per_row, Fn&& fn) {
-  for (int64_t i = c0, end = c0 + count; i < end;) {
-    const int64_t row = i / per_row, n = std::min(end, (row + 1) * per_row) - i;
+  const int64_t end = c0 + count;
+  int64_t row = c0 / per_row, row_end = (row + 1) * per_row;
+  for (int64_t i = c0; i < end; ++row, row_end += per_row) {
+    const int64_t n = std::min(end, row_end) - i;
     fn(row, i, n);
     i += n;
   }

@@ -72,12 +72,66 @@ inline void for_each_row_segment(const UpdateCoefs& u, int64_t i0, int64_t count
     return;
   }
   const int64_t end = i0 + count;
-  for (int64_t i = i0; i < end;) {
-    const int64_t row = i / per_row;
-    const int64_t n = std::min(end, (row + 1) * per_row) - i;
+  int64_t row = i0 / per_row, row_end = (row + 1) * per_row;  // no division per row (rows of 2 are common)
+  for (int64_t i = i0; i < end; ++row, row_end += per_row) {
+    const int64_t n = std::min(end, row_end) - i;
     load(row);
     fn(i, n);
     i += n;
+  }
+}
+
+// Rows up to this long with per-row coefficients take update_short_rows: a call per row
+// (for_each_row_segment) costs more than the row's few elements.
+constexpr int64_t kShortUpdateRow = 16;
+
+// Flat elements [i0, i0 + count) of short rows with per-row coefficients: each slot's
+// values spread over a piece of kPiece elements (one read per row, the kind test outside
+// the loop), then one loop over the piece with per-element coefficients — the same
+// operations in the same order as update_segment, so the same bits.
+template <int K, bool kOut2, bool kNoise1, bool kNoise2, typename scalar_t, typename ZT>
+void update_short_rows(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, int64_t i0, int64_t count, const ZT* z) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kPiece = 256;
+  constexpr int kOuts = kOut2 ? 2 : 1;
+  alignas(64) opmath_t e[kOuts][K + 2][kPiece];
+  alignas(64) double row_values[kPiece];
+  const int64_t per_row = p.per_row;
+  for (int64_t b = 0; b < count; b += kPiece) {
+    const int64_t i = i0 + b, n = std::min(kPiece, count - b);
+    const int64_t r0 = i / per_row, col0 = i - r0 * per_row, nr = (col0 + n + per_row - 1) / per_row;
+    for (int o = 0; o < kOuts; ++o) {
+      for (int sl = 0; sl < K + 2; ++sl) {
+        const Coef& c = u.slot[o][sl];
+        opmath_t* dst = e[o][sl];
+        if (!c.per_row()) {
+          const opmath_t v = static_cast<opmath_t>(c.at_row(0));
+          for (int64_t t = 0; t < n; ++t) dst[t] = v;
+          continue;
+        }
+        c.rows_to(r0, nr, row_values);
+        for (int64_t t = 0, q = 0, col = col0; t < n; ++t) {  // a running row counter, no division
+          dst[t] = static_cast<opmath_t>(row_values[q]);
+          if (++col == per_row) col = 0, ++q;
+        }
+      }
+    }
+#pragma GCC ivdep
+    for (int64_t t = 0; t < n; ++t) {
+      const opmath_t xv = static_cast<opmath_t>(p.x[i + t]);
+      opmath_t m = fs_mul(e[0][0][t], xv);
+      for (int k = 0; k < K; ++k) m = fs_add(m, fs_mul(e[0][1 + k][t], static_cast<opmath_t>(p.y[k][i + t])));
+      if constexpr (kNoise1) m = fs_add(m, fs_mul(e[0][K + 1][t], static_cast<opmath_t>(z[b + t])));
+      if constexpr (kOut2) {
+        opmath_t m2 = fs_mul(e[kOuts - 1][0][t], xv);
+        for (int k = 0; k < K; ++k) {
+          m2 = fs_add(m2, fs_mul(e[kOuts - 1][1 + k][t], static_cast<opmath_t>(p.y[k][i + t])));
+        }
+        if constexpr (kNoise2) m2 = fs_add(m2, fs_mul(e[kOuts - 1][K + 1][t], static_cast<opmath_t>(z[b + t])));
+        p.out2[i + t] = static_cast<scalar_t>(m2);
+      }
+      p.out[i + t] = static_cast<scalar_t>(m);
+    }
   }
 }
 
@@ -90,6 +144,18 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
     for (int o = 0; o < u.n_out; ++o) {
       for (int k = 0; k < K + 2; ++k) c[o][k] = static_cast<opmath_t>(u.slot[o][k].at_row(0));
     }
+  }
+  if (u.per_row && p.per_row <= kShortUpdateRow) {
+    if constexpr (!(kNoise1 || kNoise2)) {
+      update_short_rows<K, kOut2, false, false, scalar_t, float>(p, u, begin, end - begin, nullptr);
+    } else if (p.noise != nullptr) {
+      update_short_rows<K, kOut2, kNoise1, kNoise2>(p, u, begin, end - begin, p.noise + begin);
+    } else {
+      for_each_noise_chunk(s, s.offset * p.per_row, begin, end, [&](int64_t i0, int64_t count, const float* z) {
+        update_short_rows<K, kOut2, kNoise1, kNoise2>(p, u, i0, count, z);
+      });
+    }
+    return;
   }
   if constexpr (!(kNoise1 || kNoise2)) {
     for_each_row_segment(u, begin, end - begin, p.per_row, c, [&](int64_t i, int64_t n) {

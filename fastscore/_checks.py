@@ -85,10 +85,10 @@ def coef(v, name: str, x: torch.Tensor, nonnegative: bool = False, positive: boo
         # The sign of a device tensor would need a host sync, and a traced graph cannot
         # branch on data: only eager CPU tensors are checked.
         if (nonnegative or positive) and _eager_cpu(v) and v.numel():
-            bad = ~(v > 0) if positive else ~(v >= 0)
-            if bool(bad.any()):
+            low = v.min()  # one reduction (a NaN propagates and fails both tests)
+            if not bool(low > 0 if positive else low >= 0):
                 raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} (and not NaN), "
-                                 f"got {v[bad].reshape(-1)[0].item()}")
+                                 f"got {v[~(v > 0) if positive else ~(v >= 0)].reshape(-1)[0].item()}")
         return v
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
         raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")

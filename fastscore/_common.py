@@ -83,5 +83,5 @@ def uniform_f32(w: torch.Tensor) -> torch.Tensor:
     """Triton's uint_to_uniform_float of Philox words (int64 in [0, 2**32) or int32 bit
     patterns): int32 view x, x < 0 -> ~x, then float(x) * 0x1.fffffep-32, in [0, 1)."""
     x = (w - ((w >> 31) << 32)).to(torch.int32) if w.dtype != torch.int32 else w
-    x = torch.where(x < 0, ~x, x)
-    return x.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=w.device)
+    x = x ^ (x >> 31)  # ~x where x < 0
+    return x.to(torch.float32) * UNIFORM_SCALE  # an fp32 value: the product is fp32's

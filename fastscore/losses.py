@@ -47,14 +47,49 @@ def _scored(score_fn, x, *args):
 def _denoising_loss(score_fn, x, sigma, weight, seed, offset, mean_scale=1.0, score_arg=None):
     """mean_b 0.5 w_b |s(x~_b) + z_b / sigma_b|^2 with x~ = m x + sigma z: ``perturb`` then the
     fused ``dsm_loss`` under one (seed, offset), so both see the same z and none is stored."""
-    x_tilde = ops.perturb(x.detach(), sigma, seed=seed, offset=offset, mean_scale=mean_scale)
-    s = _scored(score_fn, x_tilde, *(() if score_arg is None else (score_arg.to(x.dtype),)))
-    return ops.dsm_loss(s, sigma, seed=seed, offset=offset, weight=weight).mean()
+    # sigma and weight are this module's own (a checked level table, an SDE's schedule): the
+    # unchecked doors skip a reduction and a host read per coefficient per step.
+    x_tilde = ops._perturb(x.detach(), sigma, seed, offset, mean_scale)
+    s = _scored(score_fn, x_tilde, *(() if score_arg is None else (score_arg,)))
+    return ops._dsm_loss(s, sigma, seed, offset, weight, mean=True)
 
 
 def row_uniforms(seed: int, offset: int, rows: int, device="cpu") -> torch.Tensor:
     """One U[0, 1) float32 per row: Triton's uniform map of word 0 at counter offset + row."""
     return uniform_f32(ops.philox_words(seed, offset, rows, device=device)[:, 0])
+
+
+def uniform_label(x: torch.Tensor, n_levels: int) -> torch.Tensor:
+    """floor(u * n_levels) in float64, u = uniform_f32 of the non-negative int31 ``x`` (a
+    word folded as uniform_f32 folds it): the definition of a stream label."""
+    return (uniform_f32(x.to(torch.int32)).double() * n_levels).long().clamp_(max=n_levels - 1)
+
+
+_THRESHOLDS: dict = {}
+
+
+def label_thresholds(n_levels: int, device="cpu") -> torch.Tensor:
+    """T[k-1] = the least int31 x with uniform_label(x) >= k, k = 1 .. n_levels - 1, as int32.
+    uniform_label is non-decreasing in x (int -> fp32 rounding and a product by a positive
+    constant both are), so uniform_label(x) = searchsorted(T, x, right=True): one op per
+    step instead of the float chain. Found by a vectorised bisection, once per (n, device)."""
+    key = (n_levels, str(device))
+    if key not in _THRESHOLDS:
+        k = torch.arange(1, n_levels, dtype=torch.int64)
+        lo, hi = torch.zeros_like(k), torch.full_like(k, 1 << 31)  # the answer lies in [lo, hi]
+        for _ in range(32):
+            mid = (lo + hi) // 2
+            reached = uniform_label(mid.clamp(max=(1 << 31) - 1), n_levels) >= k
+            hi, lo = torch.where(reached, mid, hi), torch.where(reached, lo, mid + 1)
+        _THRESHOLDS[key] = hi.clamp(max=(1 << 31) - 1).to(torch.int32).to(device)
+    return _THRESHOLDS[key]
+
+
+def row_labels(seed: int, offset: int, rows: int, n_levels: int, device="cpu") -> torch.Tensor:
+    """One level index in [0, n_levels) per row, int64: floor(U * n_levels), U the row's
+    uniform (``row_uniforms``), computed as a threshold search on the folded word."""
+    w = ops.philox_words(seed, offset, rows, device=device)[:, 0]
+    return torch.searchsorted(label_thresholds(n_levels, w.device), w ^ (w >> 31), right=True)
 
 
 def score_matching(score_fn, x):
@@ -124,17 +159,38 @@ def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=N
     |s(x~, sigma) + z / sigma|^2 (lambda(sigma) = sigma^2 by default), mean over the batch."""
     _check_fn(score_fn)
     _check_x(x)
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.dim() != 1 or len(sigmas) == 0 or not bool((sigmas > 0).all()):
-        raise ValueError("sigmas must be a non-empty 1-D sequence of positive noise levels")
-    B = x.shape[0]
+    levels, levels_x, weights = _level_table(sigmas, x, anneal_power)
+    B, L = x.shape[0], len(levels)
     if labels is None:
-        u = row_uniforms(ops.derive_seed(seed, 0), offset, B)
-        labels = torch.clamp((u.double() * len(sigmas)).long(), max=len(sigmas) - 1)
-    elif labels.shape != (B,) or labels.dtype not in (torch.int32, torch.int64):
+        labels = row_labels(ops.derive_seed(seed, 0), offset, B, L, device=x.device)
+    elif not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"labels must be an integer tensor of shape [{B}]")
-    used = sigmas[labels.cpu()].to(x.device)
-    return _denoising_loss(score_fn, x, used, used**anneal_power, seed, offset, score_arg=used)
+    else:
+        labels = labels.to(x.device)
+    used, weight, used_x = (torch.index_select(t, 0, labels) for t in (levels, weights, levels_x))
+    return _denoising_loss(score_fn, x, used, weight, seed, offset, score_arg=used_x)
+
+
+_LAST_LEVELS: list = [None]  # (sigmas, key, tables): the last level table, checked and converted once
+
+
+def _level_table(sigmas, x, power):
+    """sigmas as float64 and as x.dtype on x's device, checked, and the weights sigma^power:
+    a training loop passes the same tensor every step, so the last one's tables are kept
+    (keyed by identity, version, device, dtype, power): no conversion, check or host read
+    per step."""
+    key = (getattr(sigmas, "_version", None), x.device, x.dtype, power)
+    last = _LAST_LEVELS[0]
+    if last is not None and last[0] is sigmas and last[1] == key and not torch.compiler.is_compiling():
+        return last[2]
+    levels = torch.as_tensor(sigmas, dtype=torch.float64, device=x.device)
+    # (The sign check reads the levels: on the host only, never a sync on a device.)
+    if levels.dim() != 1 or len(levels) == 0 or (levels.is_cpu and not bool((levels > 0).all())):
+        raise ValueError("sigmas must be a non-empty 1-D sequence of positive noise levels")
+    tables = (levels, levels.to(x.dtype), levels * levels if power == 2.0 else levels**power)
+    if isinstance(sigmas, torch.Tensor) and not torch.compiler.is_compiling():
+        _LAST_LEVELS[0] = (sigmas, key, tables)
+    return tables
 
 
 def sde_score_loss(score_fn, sde, x, seed=0, offset=0, likelihood_weighting=False, eps=1e-5, reduce_mean=False):
@@ -149,9 +205,9 @@ def sde_score_loss(score_fn, sde, x, seed=0, offset=0, likelihood_weighting=Fals
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must be in (0, T={sde.T}), got {eps!r}")
     B, D = x.shape[0], x[0].numel()
-    t = (row_uniforms(ops.derive_seed(seed, 0), offset, B).double() * (sde.T - eps) + eps).to(x.device)
+    t = row_uniforms(ops.derive_seed(seed, 0), offset, B, device=x.device).double() * (sde.T - eps) + eps
     mean_scale, std = sde.marginal_coef(t)
     weight = sde.diffusion_coef(t) ** 2 if likelihood_weighting else std**2
     if reduce_mean:  # score_sde's mean over dims instead of 0.5 * sum
         weight = weight * (2.0 / D)
-    return _denoising_loss(score_fn, x, std, weight, seed, offset, mean_scale=mean_scale, score_arg=t)
+    return _denoising_loss(score_fn, x, std, weight, seed, offset, mean_scale=mean_scale, score_arg=t.to(x.dtype))

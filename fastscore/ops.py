@@ -21,6 +21,7 @@ the host: a launch is safe inside CUDA-graph capture, and under torch.compile a 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -77,11 +78,51 @@ def _fake(name):
     return register
 
 
-def _autograd(name, backward_for, setup_context):
-    """Registers autograd for op ``name`` in every namespace; ``backward_for(ns)`` gives
-    the backward that calls that namespace's own kernels."""
+_PLAIN_AUTOGRAD = {}  # op -> (setup_context, backward_for) for the plain door with autograd
+
+
+def _autograd(name, backward_for, setup_context, plain=False):
+    """Registers autograd for op ``name`` in every namespace; ``backward_for(kernels)``
+    gives the backward that calls those kernels (``torch.ops.<ns>`` here). With ``plain``,
+    eager calls that need autograd take the same setup and backward around the backend's
+    plain kernels (``_PlainAutograd``) — for ops whose differentiable inputs are all
+    top-level tensors."""
     for ns in NAMESPACES:
-        torch.library.register_autograd(f"{ns}::{name}", backward_for(ns), setup_context=setup_context, lib=_LIBS[ns])
+        torch.library.register_autograd(f"{ns}::{name}", backward_for(getattr(torch.ops, ns)),
+                                        setup_context=setup_context, lib=_LIBS[ns])
+    if plain:
+        _PLAIN_AUTOGRAD[name] = (setup_context, backward_for)
+
+
+class _PlainAutograd(torch.autograd.Function):
+    """An op's registered setup_context and backward around its plain kernels: the
+    autograd of the registered op without torch.library's Python wrapper (argument
+    defaults, redispatch), which costs more than the kernels of a training step's loss
+    at the sizes of a 2-D toy batch."""
+
+    @staticmethod
+    def forward(ctx, op, kernels, mean, *args):
+        out = getattr(kernels, op)(*args)
+        setup, backward_for = _PLAIN_AUTOGRAD[op]
+        setup(ctx, args, out)
+        ctx.fastscore_backward, ctx.fastscore_op = backward_for(kernels), op
+        if mean:  # the batch mean of a per-sample output, without a node of its own
+            ctx.rows = out.shape[0]
+            return out.mean()
+        if isinstance(out, tuple):
+            ctx.mark_non_differentiable(*out[1:])  # auxiliary outputs (the sliced dots)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if hasattr(ctx, "rows"):  # what MeanBackward would hand on: g / B per row, in g's dtype
+            grads = (grads[0].expand(ctx.rows) / ctx.rows,)
+        if torch.autograd.profiler._is_profiler_enabled or grads[0].is_cuda:
+            g = _labelled(f"fastscore::{ctx.fastscore_op}_backward", grads[0],
+                          lambda *a: ctx.fastscore_backward(ctx, *a), grads)
+        else:
+            g = ctx.fastscore_backward(ctx, *grads)
+        return (None, None, None) + tuple(g)
 
 
 # --------------------------------------------------------------------------- the one dispatch point
@@ -90,29 +131,59 @@ def _autograd(name, backward_for, setup_context):
 _REGISTERED = {(ns, op): getattr(getattr(torch.ops, ns), op).default for ns in NAMESPACES for op in SCHEMAS}
 
 
-def _call(op, x, *args, grad=False, name=None):
+def _call(op, x, *args, grad=False, name=None, mean=False):
     """Runs ``op`` on the backend that serves ``x``, through one of its two doors, inside
-    the profiler label "fastscore::<name>" (the public op's name) and, on CUDA, an NVTX range."""
+    the profiler label "fastscore::<name>" (the public op's name) and, on CUDA, an NVTX range.
+    ``mean``: return the batch mean of the op's per-sample output."""
     backend = backends.select(x)
     if torch.compiler.is_compiling():
-        return _REGISTERED[(backend.namespace, op)](*args)
-    # The one predicate: the plain door for eager calls on plain tensors that need no autograd.
-    if (not grad and type(x) is torch.Tensor and backend.make_plain is not None and not x.is_meta
-            and not torch._C._are_functorch_transforms_active()):
-        fn = _plain_fn(backend, op)
+        out = _REGISTERED[(backend.namespace, op)](*args)
+        return out.mean() if mean else out
+    # The one predicate: the plain door for eager calls on plain tensors (with the op's own
+    # autograd around it where the call needs one and the op has a plain one).
+    if (type(x) is torch.Tensor and backend.make_plain is not None and not x.is_meta
+            and not torch._C._are_functorch_transforms_active() and (not grad or op in _PLAIN_AUTOGRAD)):
+        if grad:
+            fn = functools.partial(_PlainAutograd.apply, op, backend.plain, mean)
+            mean = False  # taken inside
+        else:
+            fn = _plain_fn(backend, op)
     else:
         fn = _REGISTERED[(backend.namespace, op)]
+    if mean:
+        fn = (lambda f: lambda *a: f(*a).mean())(fn)
     if not (x.is_cuda or torch.autograd.profiler._is_profiler_enabled):
         return fn(*args)
-    label = f"fastscore::{name or op}"
+    return _labelled(f"fastscore::{name or op}", x, fn, args, in_place=op.endswith("_"))
+
+
+# (label, bytes) of every labelled call while a list is installed here (fastscore.profile does).
+BYTES_LOG: list | None = None
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, torch.Tensor):
+        return v.numel() * v.element_size()
+    if isinstance(v, (list, tuple)):
+        return sum(_nbytes(t) for t in v)
+    return 0
+
+
+def _labelled(label, x, fn, args, in_place=False):
+    """fn(*args) inside the profiler label and, on CUDA, an NVTX range; with BYTES_LOG
+    installed, logs the bytes the call moves: every tensor argument read once, every
+    output (and an in-place target) written once — the noise it makes costs none."""
     if x.is_cuda:
         torch.cuda.nvtx.range_push(label)
     try:
         with torch.profiler.record_function(label):
-            return fn(*args)
+            out = fn(*args)
     finally:
         if x.is_cuda:
             torch.cuda.nvtx.range_pop()
+    if BYTES_LOG is not None:
+        BYTES_LOG.append((label, _nbytes(args) + _nbytes(out) + (_nbytes(x) if in_place else 0)))
+    return out
 
 
 _PLAIN: dict[tuple[str, str], object] = {}  # filled by eager calls only (never while tracing)
@@ -245,7 +316,7 @@ def _lincomb_setup(ctx, inputs, output):
     ctx.save_for_backward(x, noise, seed_t, offset_t, *ys, *coef_t)
 
 
-def _lincomb_backward_for(ns):
+def _lincomb_backward_for(kernels):
     def backward(ctx, grad):
         """out = a x + sum_k b_k y_k + c z: d/dx = a g, d/dy_k = b_k g, d/dnoise = c g, and a
         tensor coefficient gets the row sums (or the total) of g times its term."""
@@ -266,7 +337,7 @@ def _lincomb_backward_for(ns):
                 z = noise.to(cd)
             else:
                 z = torch.empty(x.shape, dtype=cd, device=x.device)
-                getattr(torch.ops, ns).fill_noise_(z, 0, seed_t, ctx.stream[0], offset_t, ctx.stream[1])
+                kernels.fill_noise_(z, 0, seed_t, ctx.stream[0], offset_t, ctx.stream[1])
         terms = [x, *ys, z]
         dims = tuple(range(1, x.dim()))
         grad_coef_t = []
@@ -422,6 +493,12 @@ def perturb(x, sigma, seed=0, offset=0, mean_scale=1.0, noise=None):
     mean_scale = _checks.coef(mean_scale, "mean_scale", x)
     if noise is not None:
         noise = _explicit_noise(noise, x)
+    return _perturb(x, sigma, seed, offset, mean_scale, noise)
+
+
+def _perturb(x, sigma, seed, offset, mean_scale=1.0, noise=None):
+    """perturb on checked arguments (the losses' own per-sample levels, drawn from a checked
+    table: a sign check per call costs a reduction and a host read)."""
     return _call("lincomb", x, x, [], *_slots([mean_scale, sigma]), noise, *_stream(seed, offset, x),
                  grad=_requires_grad(x, sigma, mean_scale, noise), name="perturb")
 
@@ -480,18 +557,18 @@ def _dsm_setup(ctx, inputs, output):
     ctx.save_for_backward(score, sigma_t, weight_t, noise, seed_t, offset_t)  # no noise tensor: z is regenerated
 
 
-def _dsm_backward_for(ns):
+def _dsm_backward_for(kernels):
     def backward(ctx, grad):
         score, sigma_t, weight_t, noise, seed_t, offset_t = ctx.saved_tensors
         sigma, weight, seed, offset = ctx.floats
-        grad_score = getattr(torch.ops, ns).dsm_loss_backward(grad, score, sigma, sigma_t, weight, weight_t, noise,
-                                                              seed_t, seed, offset_t, offset)
+        grad_score = kernels.dsm_loss_backward(grad, score, sigma, sigma_t, weight, weight_t, noise,
+                                               seed_t, seed, offset_t, offset)
         return (grad_score,) + (None,) * 9
 
     return backward
 
 
-_autograd("dsm_loss", _dsm_backward_for, _dsm_setup)
+_autograd("dsm_loss", _dsm_backward_for, _dsm_setup, plain=True)
 
 
 def dsm_loss(score, sigma, seed=0, offset=0, weight=None, noise=None):
@@ -505,10 +582,15 @@ def dsm_loss(score, sigma, seed=0, offset=0, weight=None, noise=None):
     weight = _checks.coef(1.0 if weight is None else weight, "weight", score, nonnegative=True)
     if noise is not None:
         noise = _explicit_noise(noise, score)
+    return _dsm_loss(score, sigma, seed, offset, weight, noise)
+
+
+def _dsm_loss(score, sigma, seed, offset, weight, noise=None, mean=False):
+    """dsm_loss on checked arguments (see _perturb); ``mean``: its batch mean."""
     sigma_v, sigma_t = (0.0, sigma.detach()) if isinstance(sigma, torch.Tensor) else (sigma, None)
     weight_v, weight_t = (0.0, weight.detach()) if isinstance(weight, torch.Tensor) else (weight, None)
     return _call("dsm_loss", score, score, sigma_v, sigma_t, weight_v, weight_t, noise,
-                 *_stream(seed, offset, score), grad=_requires_grad(score))
+                 *_stream(seed, offset, score), grad=_requires_grad(score), mean=mean)
 
 
 # --------------------------------------------------------------------------- sliced score matching
@@ -532,17 +614,17 @@ def _sliced_setup(ctx, inputs, output):
     ctx.save_for_backward(score, v, output[1])
 
 
-def _sliced_backward_for(ns):
+def _sliced_backward_for(kernels):
     def backward(ctx, grad_terms, grad_dots):
         score, v, dots = ctx.saved_tensors
-        grad_score, grad_jv = getattr(torch.ops, ns).sliced_score_terms_backward(grad_terms, score, v, dots,
-                                                                                 ctx.variance_reduction)
+        grad_score, grad_jv = kernels.sliced_score_terms_backward(grad_terms, score, v, dots,
+                                                                  ctx.variance_reduction)
         return grad_score, grad_jv, None, None
 
     return backward
 
 
-_autograd("sliced_score_terms", _sliced_backward_for, _sliced_setup)
+_autograd("sliced_score_terms", _sliced_backward_for, _sliced_setup, plain=True)
 
 
 def sliced_score_terms(score, jv, v, variance_reduction=False):

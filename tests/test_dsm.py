@@ -18,7 +18,8 @@ SAMPLE_INPUTS = {  # the registered ops of the family, for tests/test_registrati
     "dsm_loss_backward": lambda t: [(torch.rand(3).to(t.cd), t.s, 0.0, t.per, 1.0, None, None, *t.ints)],
 }
 
-SHAPES = [(1, 1), (3, 5), (2, 40000), (3, 33333), (4, 3, 7, 9)]
+MANY_SHORT_ROWS = (400, 3)  # the CPU kernels' short-row path over two chunks
+SHAPES = [(1, 1), (3, 5), (2, 40000), (3, 33333), (4, 3, 7, 9), MANY_SHORT_ROWS]
 
 
 def coefs(kind, rows):
@@ -44,6 +45,8 @@ def loss_and_grad(score, sigma, weight, seed, offset, noise=None):
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 def test_dsm_matches_reference(backend, dtype, shape, kind, layout):
     skip_unsupported(backend, dtype)
+    if backend == "triton" and shape == MANY_SHORT_ROWS:
+        pytest.skip("the interpreter runs a program per row (18 s here); its row logic is covered by (3, 5)")
     sigma, weight = coefs(kind, shape[0])
     got, want = run_both(backend, lambda: loss_and_grad(make(shape, dtype, layout, 1), sigma, weight, 2**63 + 3,
                                                         2**33))

@@ -31,7 +31,7 @@ SAMPLE_INPUTS = {  # the registered ops of the family, for tests/test_registrati
     ],
 }
 
-SHAPES = [(0, 5), (1,), (7,), (3, 5), (2, 4096), (4, 3, 9, 11), (5, 1, 1)]
+SHAPES = [(0, 5), (1,), (7,), (3, 5), (2, 4096), (400, 3), (4, 3, 9, 11), (5, 1, 1)]  # (400, 3): chunks split rows
 
 
 @pytest.mark.parametrize("backend", FAST)
