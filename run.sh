@@ -3,7 +3,7 @@
 # extension fastscore._C, then runs one job:
 #   bash run.sh demo     the main job: python -m fastscore demo
 #   bash run.sh test     the test suite (pytest tests)
-#   bash run.sh bench    the pytest-benchmark suite (JSON + PNG in bench/results/)
+#   bash run.sh bench    python -m fastscore bench: the pytest-benchmark suite (table, JSON, PNG)
 #   bash run.sh info     what was built and which backend serves which op
 # Extra arguments go to the job. FASTSCORE_VENV picks the venv folder (default .venv).
 set -euo pipefail
@@ -34,8 +34,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 case "$job" in
   demo)  exec "$py" -m fastscore demo "$@" ;;
   test)  exec "$py" -m pytest tests -q -p no:cacheprovider "$@" ;;
-  bench) mkdir -p bench/results
-         exec "$py" -m pytest bench --benchmark-only --benchmark-json bench/results/ops.json -q "$@" ;;
+  bench) exec "$py" -m fastscore bench "$@" ;;
   info)  exec "$py" -m fastscore info "$@" ;;
   *)     echo "usage: bash run.sh {demo|test|bench|info} [args...]" >&2; exit 2 ;;
 esac

@@ -41,7 +41,7 @@ from fastscore.sde import VPSDE, geometric_sigmas
 SEED = 1234
 PROVIDERS = ("fused", "eager")
 
-DSM_SIZES = {"64x3x32x32": (64, 3, 32, 32), "16x3x256x256": (16, 3, 256, 256)}
+DSM_SIZES = {"2048x2": (2048, 2), "64x3x32x32": (64, 3, 32, 32), "16x3x256x256": (16, 3, 256, 256)}
 DSM_SIGMAS = geometric_sigmas(1.0, 0.01, 10)  # NCSN's CIFAR-10 levels
 
 SLICED_MODELS = {"mlp2": (4096, 2, 128), "mlp3072": (64, 3072, 256)}  # (batch, D, hidden)

@@ -1,4 +1,4 @@
-"""python -m fastscore {demo, info, profile, gpucheck}."""
+"""python -m fastscore {demo, info, profile, bench, gpucheck}."""
 
 from __future__ import annotations
 
@@ -44,52 +44,30 @@ def info() -> None:
                 print(f"           {b:9s} cannot: {'; '.join(reasons)}")
 
 
-def profile(out: str, size: str) -> None:
-    """Runs every op under torch.profiler; writes a Chrome trace and prints a per-op table."""
-    from fastscore import ops
-
-    torch.set_num_threads(2)
-    shape = tuple(int(s) for s in size.split("x"))
-    x, s = torch.randn(shape), torch.randn(shape)
-    calls = {
-        "noise": lambda k: ops.noise(shape, seed=k),
-        "step_": lambda k: ops.step_(x, s, 0.99, 0.01, 0.1, seed=k),
-        "langevin_step_": lambda k: ops.langevin_step_(x, s, 1e-4, seed=k),
-        "perturb": lambda k: ops.perturb(x, 0.5, seed=k),
-    }
-    for k, fn in enumerate(calls.values()):  # warm up
-        fn(k)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        for k in range(20):
-            for fn in calls.values():
-                fn(k)
-    prof.export_chrome_trace(out)
-    # The Python-level range and the dispatcher's own event share a name; the outer
-    # one (larger total) includes the inner, so keep one row per name.
-    rows = {}
-    for e in prof.key_averages():
-        if e.key.startswith("fastscore::") and (e.key not in rows or e.cpu_time_total > rows[e.key].cpu_time_total):
-            rows[e.key] = e
-    rows = list(rows.values())
-    print(f"per-op profile, {size} fp32, 20 calls each, backend {__import__('fastscore').backends.resolve(x.device)}")
-    print(f"{'op':34s} {'calls':>6s} {'total ms':>10s} {'mean us':>9s}")
-    for e in sorted(rows, key=lambda e: -e.cpu_time_total):
-        print(f"{e.key:34s} {e.count:6d} {e.cpu_time_total / 1e3:10.2f} {e.cpu_time_total / e.count:9.1f}")
-    print(f"trace written to {out} (open in chrome://tracing or Perfetto)")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastscore")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="train and sample a score model of a 2-D mixture on fused kernels")
-    p_demo.add_argument("--samples", type=int, default=8192)
-    p_demo.add_argument("--train-steps", type=int, default=800)
-    p_demo.add_argument("--steps", type=int, default=100, help="Langevin steps per noise level")
-    p_demo.add_argument("--png", default="demo.png")
+    p_demo = sub.add_parser("demo", help="train a score network on 2-D data and sample it, fused vs eager")
+    p_demo.add_argument("--train-steps", type=int, default=1500, help="Adam steps per dataset")
+    p_demo.add_argument("--steps", type=int, default=20,
+                        help="sampler steps scale: Langevin steps per noise level (PC: 10x, Euler ancestral: 2x)")
+    p_demo.add_argument("--samples", type=int, default=4096)
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.add_argument("--backend", default="auto", help="auto, cpp, reference or triton")
+    p_demo.add_argument("--datasets", default="mixture,ring", help="comma-separated: mixture, ring")
+    p_demo.add_argument("--out", "--png", dest="png", default="demo.png", help="the PNG ('' for none)")
+    p_demo.add_argument("--no-progress", action="store_true")
     sub.add_parser("info", help="versions, build, backend per op")
-    p_prof = sub.add_parser("profile", help="per-op torch.profiler table and Chrome trace")
-    p_prof.add_argument("--out", default="fastscore_trace.json")
+    p_prof = sub.add_parser("profile", help="a sampler run and a training step under torch.profiler: table + trace")
+    p_prof.add_argument("--out", default="fastscore_trace.json", help="Chrome trace path (one per phase)")
     p_prof.add_argument("--size", default="64x3x32x32")
+    p_prof.add_argument("--steps", type=int, default=50)
+    p_bench = sub.add_parser("bench", help="the benchmark suite (pytest-benchmark): table, JSON, PNG")
+    p_bench.add_argument("--out", default="bench/results", help="folder for bench.json")
+    p_bench.add_argument("--smoke", action="store_true", help="every benchmark once, untimed")
+    p_bench.add_argument("-k", dest="select", default=None, help="pytest -k expression")
+    p_bench.add_argument("--compare", default=None, metavar="OLD.json", help="flag rows slower than this run")
+    p_bench.add_argument("--threshold", type=float, default=0.10, help="regression threshold (0.10 = 10%%)")
     p_gpu = sub.add_parser("gpucheck", help="on a CUDA machine: build, check every backend and capture, time")
     p_gpu.add_argument("--out", default="gpucheck", help="folder for gpucheck.json and gpucheck.md")
     p_gpu.add_argument("--dry-run", action="store_true", help="the same code paths on the CPU, small sizes")
@@ -98,7 +76,9 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from fastscore import demo
 
-        demo.run(n_samples=args.samples, n_steps_each=args.steps, train_steps=args.train_steps, png=args.png)
+        demo.run(train_steps=args.train_steps, samples=args.samples, steps=args.steps, seed=args.seed,
+                 backend=args.backend, png=args.png or None, datasets=tuple(args.datasets.split(",")),
+                 progress=not args.no_progress)
     elif args.command == "info":
         info()
     elif args.command == "gpucheck":
@@ -106,8 +86,15 @@ def main(argv=None) -> int:
 
         return gpucheck.run(args.out, dry_run=args.dry_run, build=not args.no_build,
                             argv=sys.argv[2:] if argv is None else argv[1:])
+    elif args.command == "bench":
+        from fastscore import bench
+
+        return bench.run(args.out, smoke=args.smoke, select=args.select, compare_to=args.compare,
+                         threshold=args.threshold)
     else:
-        profile(args.out, args.size)
+        from fastscore import profile
+
+        profile.run(args.out, args.size, args.steps)
     return 0
 
 

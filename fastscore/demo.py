@@ -182,13 +182,14 @@ def time_training(gmm, steps: int, seed: int) -> dict:
 @dataclass
 class SamplerSpec:
     name: str
-    n_steps: int  # sampler steps (each one fused op, one score evaluation)
-    fused: object  # (score_fn(x, sigma), seed) -> samples, via fastscore
-    eager: object  # (score_fn(x, sigma)) -> samples, the peer's eager loop
+    n_steps: int  # sampler steps (each one fused op, one model evaluation)
+    model: object  # score s(x, sigma) -> the function this sampler calls (score in time, denoiser)
+    fused: object  # (model, seed) -> samples, via fastscore
+    eager: object  # (model) -> samples, the peer's eager loop
 
 
 def sampler_specs(n: int, steps: int, seed: int) -> list[SamplerSpec]:
-    """The three samplers, all driven by a noise-conditional score s(x, sigma)."""
+    """The three samplers, each driven by a noise-conditional score s(x, sigma)."""
     sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, N_LEVELS)
     step_lr = 0.1 * SIGMA_MIN**2  # alpha_i / sigma_i^2 = 0.1 at every level
     x0 = fastscore.noise((n, 2), seed=seed) * SIGMA_MAX
@@ -205,15 +206,15 @@ def sampler_specs(n: int, steps: int, seed: int) -> list[SamplerSpec]:
         return lambda x, sigma: x + sigma[:, None] ** 2 * s(x, sigma)
 
     return [
-        SamplerSpec("annealed Langevin", N_LEVELS * steps,
-                    lambda s, k: samplers.annealed_langevin(s, x0, sigmas, steps, step_lr, seed=k),
-                    lambda s: _peers.anneal_langevin_dynamics(s, x0.clone(), sigmas.tolist(), steps, step_lr)),
-        SamplerSpec("PC (reverse diffusion + Langevin)", 2 * n_sde,
-                    lambda s, k: samplers.pc_sample(in_time(s), sde, (n, 2), snr=0.1, seed=k),
-                    lambda s: _peers.pc_sampler(in_time(s), peer_sde, (n, 2), snr=0.1)),
-        SamplerSpec("k-diffusion Euler ancestral", n_karras,
-                    lambda s, k: k_diffusion.sample_euler_ancestral(denoiser(s), x0 * 1.0, karras, seed=k),
-                    lambda s: _peers.sample_euler_ancestral(denoiser(s), x0 * 1.0, karras)),
+        SamplerSpec("annealed Langevin", N_LEVELS * steps, lambda s: s,
+                    lambda m, k: samplers.annealed_langevin(m, x0, sigmas, steps, step_lr, seed=k),
+                    lambda m: _peers.anneal_langevin_dynamics(m, x0.clone(), sigmas.tolist(), steps, step_lr)),
+        SamplerSpec("PC (reverse diffusion + Langevin)", 2 * n_sde, in_time,
+                    lambda m, k: samplers.pc_sample(m, sde, (n, 2), snr=0.1, seed=k),
+                    lambda m: _peers.pc_sampler(m, peer_sde, (n, 2), snr=0.1)),
+        SamplerSpec("k-diffusion Euler ancestral", n_karras, denoiser,
+                    lambda m, k: k_diffusion.sample_euler_ancestral(m, x0 * 1.0, karras, seed=k),
+                    lambda m: _peers.sample_euler_ancestral(m, x0 * 1.0, karras)),
     ]
 
 
@@ -239,12 +240,12 @@ class SamplerResult:
 
 
 def sample_all(gmm, model, specs, truth, n, seed, backend, progress) -> tuple[list[SamplerResult], dict]:
-    learned = lambda x, sigma: model(x, sigma)  # noqa: E731
     cached = torch.zeros(n, 2)
-    free = lambda x, sigma: cached  # noqa: E731  a score that costs nothing: what remains is the sampler
+    free = lambda x, sigma: cached  # noqa: E731  a model that costs nothing: what remains is the sampler
     results, samples = [], {}
     bar = _bar(len(specs), f"sample {gmm.name}", progress)
     for spec, _ in zip(specs, bar):
+        learned = spec.model(model)
         def fused(score):
             return lambda: _with_backend(backend, lambda: spec.fused(score, seed))
 
@@ -274,7 +275,7 @@ def _with_backend(backend, fn):
 # --------------------------------------------------------------------------- the main job
 
 
-def run(train_steps: int = 600, samples: int = 4096, steps: int = 20, seed: int = 0, backend: str = "auto",
+def run(train_steps: int = 1500, samples: int = 4096, steps: int = 20, seed: int = 0, backend: str = "auto",
         png: str | None = "demo.png", datasets=tuple(DATASETS), timing_steps: int = 50, progress: bool = True) -> dict:
     """Trains, samples, prints the table, writes the PNG; returns what it printed as data:
     {"training": {dataset: times}, "sampling": [SamplerResult], "floor": {dataset: energy}}."""

@@ -71,8 +71,8 @@ _THRESHOLDS: dict = {}
 def label_thresholds(n_levels: int, device="cpu") -> torch.Tensor:
     """T[k-1] = the least int31 x with uniform_label(x) >= k, k = 1 .. n_levels - 1, as int32.
     uniform_label is non-decreasing in x (int -> fp32 rounding and a product by a positive
-    constant both are), so uniform_label(x) = searchsorted(T, x, right=True): one op per
-    step instead of the float chain. Found by a vectorised bisection, once per (n, device)."""
+    constant both are), so uniform_label(x) = searchsorted(T, x, right=True). Found by a
+    vectorised bisection, once per (n, device)."""
     key = (n_levels, str(device))
     if key not in _THRESHOLDS:
         k = torch.arange(1, n_levels, dtype=torch.int64)
@@ -85,11 +85,24 @@ def label_thresholds(n_levels: int, device="cpu") -> torch.Tensor:
     return _THRESHOLDS[key]
 
 
+def word_buckets(n_levels: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(breakpoints [2n - 1] int32, label of each bucket [2n] int64) such that the label of a
+    raw (signed) word w is labels[searchsorted(breakpoints, w, right=True)]: the fold x = w
+    for w >= 0 and ~w for w < 0 mirrors the thresholds T onto the negative words as -T
+    (label >= k iff ~w >= T_k iff w < -T_k). One search, no fold, per step."""
+    t = label_thresholds(n_levels, device)
+    zero = torch.zeros(1, dtype=torch.int32, device=t.device)
+    breakpoints = torch.cat([-t.flip(0), zero, t])
+    up = torch.arange(n_levels, device=t.device)
+    return breakpoints, torch.cat([up.flip(0), up])
+
+
 def row_labels(seed: int, offset: int, rows: int, n_levels: int, device="cpu") -> torch.Tensor:
-    """One level index in [0, n_levels) per row, int64: floor(U * n_levels), U the row's
-    uniform (``row_uniforms``), computed as a threshold search on the folded word."""
-    w = ops.philox_words(seed, offset, rows, device=device)[:, 0]
-    return torch.searchsorted(label_thresholds(n_levels, w.device), w ^ (w >> 31), right=True)
+    """One level index in [0, n_levels) per row, int64: floor(U * n_levels) in float64, U the
+    row's uniform (``row_uniforms``), found by a search of the row's word."""
+    breakpoints, labels = word_buckets(n_levels, device)
+    w = ops.philox_words(seed, offset, rows, device=device)[:, 0].contiguous()
+    return torch.index_select(labels, 0, torch.searchsorted(breakpoints, w, right=True))
 
 
 def score_matching(score_fn, x):
@@ -159,26 +172,29 @@ def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=N
     |s(x~, sigma) + z / sigma|^2 (lambda(sigma) = sigma^2 by default), mean over the batch."""
     _check_fn(score_fn)
     _check_x(x)
-    levels, levels_x, weights = _level_table(sigmas, x, anneal_power)
-    B, L = x.shape[0], len(levels)
-    if labels is None:
-        labels = row_labels(ops.derive_seed(seed, 0), offset, B, L, device=x.device)
+    table, table_x, by_bucket, by_bucket_x, breakpoints = _level_table(sigmas, x, anneal_power)
+    B = x.shape[0]
+    if labels is None:  # the rows of the bucket table: label and level in one gather
+        w = ops.philox_words(ops.derive_seed(seed, 0), offset, B, device=x.device)[:, 0].contiguous()
+        rows = torch.searchsorted(breakpoints, w, right=True)
+        table, table_x = by_bucket, by_bucket_x
     elif not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"labels must be an integer tensor of shape [{B}]")
     else:
-        labels = labels.to(x.device)
-    used, weight, used_x = (torch.index_select(t, 0, labels) for t in (levels, weights, levels_x))
-    return _denoising_loss(score_fn, x, used, weight, seed, offset, score_arg=used_x)
+        rows = labels.to(x.device)
+    picked = torch.index_select(table, 0, rows)  # [B, 2]: sigma, weight (column views)
+    return _denoising_loss(score_fn, x, picked[:, 0], picked[:, 1], seed, offset,
+                           score_arg=torch.index_select(table_x, 0, rows))
 
 
 _LAST_LEVELS: list = [None]  # (sigmas, key, tables): the last level table, checked and converted once
 
 
 def _level_table(sigmas, x, power):
-    """sigmas as float64 and as x.dtype on x's device, checked, and the weights sigma^power:
-    a training loop passes the same tensor every step, so the last one's tables are kept
-    (keyed by identity, version, device, dtype, power): no conversion, check or host read
-    per step."""
+    """(table [L, 2] float64 of (sigma, sigma^power), sigmas in x.dtype, both by word bucket
+    (word_buckets), the breakpoints), checked, on x's device. A training loop passes the
+    same tensor every step, so the last one's tables are kept (keyed by identity, version,
+    device, dtype, power): no conversion, check or host read per step."""
     key = (getattr(sigmas, "_version", None), x.device, x.dtype, power)
     last = _LAST_LEVELS[0]
     if last is not None and last[0] is sigmas and last[1] == key and not torch.compiler.is_compiling():
@@ -187,7 +203,9 @@ def _level_table(sigmas, x, power):
     # (The sign check reads the levels: on the host only, never a sync on a device.)
     if levels.dim() != 1 or len(levels) == 0 or (levels.is_cpu and not bool((levels > 0).all())):
         raise ValueError("sigmas must be a non-empty 1-D sequence of positive noise levels")
-    tables = (levels, levels.to(x.dtype), levels * levels if power == 2.0 else levels**power)
+    table = torch.stack([levels, levels * levels if power == 2.0 else levels**power], 1)  # [L, 2]
+    breakpoints, bucket_labels = word_buckets(len(levels), x.device)
+    tables = (table, levels.to(x.dtype), table[bucket_labels], levels.to(x.dtype)[bucket_labels], breakpoints)
     if isinstance(sigmas, torch.Tensor) and not torch.compiler.is_compiling():
         _LAST_LEVELS[0] = (sigmas, key, tables)
     return tables

@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 
 from fastscore import k_diffusion, losses, ops, samplers
-from fastscore.sde import VPSDE, geometric_sigmas
+from fastscore.sde import VESDE, geometric_sigmas
 
 PREFIX = "fastscore::"
 
@@ -32,9 +32,13 @@ class SmallConvScoreNet(torch.nn.Module):
         return self.net(x) / torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
 
 
+VE = dict(sigma_min=0.01, sigma_max=10.0)
+
+
 def gaussian_score(x, t):
-    """The exact score of N(0, I) data under a VP SDE (unit marginal variance): -x."""
-    return -x
+    """The exact score of N(0, I) data under the VE SDE: -x / (1 + sigma(t)^2)."""
+    sigma = VE["sigma_min"] * (VE["sigma_max"] / VE["sigma_min"]) ** t
+    return -x / (1 + sigma.reshape(-1, *([1] * (x.dim() - 1))) ** 2)
 
 
 def outermost_ops(events) -> list:
@@ -95,7 +99,7 @@ def profile_phase(fn, activities):
 
 def phases(size: tuple, steps: int, device):
     """(name, fn) of the profiled phases: a PC sampler run, a k-diffusion run, a training step."""
-    sde = VPSDE(N=steps)
+    sde = VESDE(N=steps, **VE)
     sigmas = geometric_sigmas(1.0, 0.01, 10)
     karras = k_diffusion.get_sigmas_karras(steps, 0.02, 10.0, device=device)
     torch.manual_seed(0)
@@ -113,7 +117,7 @@ def phases(size: tuple, steps: int, device):
             opt.step()
 
     return [
-        (f"pc_sample, {steps} steps (reverse diffusion + Langevin), exact score",
+        (f"pc_sample (VE), {steps} steps (reverse diffusion + Langevin), exact score",
          lambda: samplers.pc_sample(gaussian_score, sde, size, seed=1, device=device)),
         (f"k_diffusion.sample_euler_ancestral, {steps - 1} steps, analytic denoiser",
          lambda: k_diffusion.sample_euler_ancestral(denoiser, x * 10.0, karras, seed=2)),
