@@ -8,6 +8,8 @@
 // reference; the row sums are float64 (row_reduce.h).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "cpu_noise.h"
@@ -139,6 +141,52 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& score
   return grad_score;
 }
 
+// The plain door with a C++ autograd node, for eager CPU calls that need the gradient:
+// the fused backward with no Python in either direction (a Python autograd.Function, or
+// torch.library's autograd, costs more than both kernels at a 2-D toy batch). ``mean``
+// returns the batch mean, its backward handing on what MeanBackward would (g / B per row).
+struct DsmLossFunction : public torch::autograd::Function<DsmLossFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& score, double sigma,
+                            const c10::optional<at::Tensor>& sigma_t, double weight,
+                            const c10::optional<at::Tensor>& weight_t, const c10::optional<at::Tensor>& noise,
+                            const c10::optional<at::Tensor>& seed_t, int64_t seed,
+                            const c10::optional<at::Tensor>& offset_t, int64_t offset, bool mean) {
+    at::Tensor loss = dsm_loss_cpu(score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t, offset);
+    const at::Tensor none;
+    ctx->save_for_backward({score, sigma_t.value_or(none), weight_t.value_or(none), noise.value_or(none),
+                            seed_t.value_or(none), offset_t.value_or(none)});  // no noise tensor: z is regenerated
+    ctx->saved_data["sigma"] = sigma;
+    ctx->saved_data["weight"] = weight;
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["offset"] = offset;
+    ctx->saved_data["rows"] = mean ? loss.size(0) : int64_t{0};
+    return mean ? loss.mean() : loss;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    RECORD_FUNCTION("fastscore::dsm_loss_backward", std::vector<c10::IValue>());
+    const auto saved = ctx->get_saved_variables();
+    auto given = [](const at::Tensor& t) { return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt; };
+    const int64_t rows = ctx->saved_data["rows"].toInt();
+    const at::Tensor g = rows ? grads[0].expand({rows}) / rows : grads[0];
+    at::Tensor grad_score = dsm_loss_backward_cpu(
+        g, saved[0], ctx->saved_data["sigma"].toDouble(), given(saved[1]), ctx->saved_data["weight"].toDouble(),
+        given(saved[2]), given(saved[3]), given(saved[4]), ctx->saved_data["seed"].toInt(), given(saved[5]),
+        ctx->saved_data["offset"].toInt());
+    torch::autograd::variable_list out(11);  // one per forward argument; only score is differentiable
+    out[0] = grad_score;
+    return out;
+  }
+};
+
+at::Tensor dsm_loss_autograd(const at::Tensor& score, double sigma, const c10::optional<at::Tensor>& sigma_t,
+                             double weight, const c10::optional<at::Tensor>& weight_t,
+                             const c10::optional<at::Tensor>& noise, const c10::optional<at::Tensor>& seed_t,
+                             int64_t seed, const c10::optional<at::Tensor>& offset_t, int64_t offset, bool mean) {
+  return DsmLossFunction::apply(score, sigma, sigma_t, weight, weight_t, noise, seed_t, seed, offset_t, offset, mean);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
@@ -148,5 +196,6 @@ TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
 
 FASTSCORE_PLAIN(dsm_loss, dsm_loss_cpu);
 FASTSCORE_PLAIN(dsm_loss_backward, dsm_loss_backward_cpu);
+FASTSCORE_PLAIN(dsm_loss_autograd, dsm_loss_autograd);
 
 }  // namespace fastscore

@@ -144,7 +144,9 @@ def _call(op, x, *args, grad=False, name=None, mean=False):
     if (type(x) is torch.Tensor and backend.make_plain is not None and not x.is_meta
             and not torch._C._are_functorch_transforms_active() and (not grad or op in _PLAIN_AUTOGRAD)):
         if grad:
-            fn = functools.partial(_PlainAutograd.apply, op, backend.plain, mean)
+            native = _native_autograd(backend, op)
+            fn = (functools.partial(_PlainAutograd.apply, op, backend.plain, mean) if native is None
+                  else (lambda f, m: lambda *a: f(*a, m))(native, mean))
             mean = False  # taken inside
         else:
             fn = _plain_fn(backend, op)
@@ -187,6 +189,15 @@ def _labelled(label, x, fn, args, in_place=False):
 
 
 _PLAIN: dict[tuple[str, str], object] = {}  # filled by eager calls only (never while tracing)
+
+
+def _native_autograd(backend, op):
+    """The backend's own plain door with autograd (``<op>_autograd``: a C++ autograd node,
+    arguments + ``mean``), or None: then _PlainAutograd wraps the plain kernels."""
+    key = (backend.name, op + "_autograd")
+    if key not in _PLAIN:
+        _PLAIN[key] = getattr(backend.plain, op + "_autograd", None)
+    return _PLAIN[key]
 
 
 def _plain_fn(backend, op):

@@ -60,18 +60,18 @@ def outermost_ops(events) -> list:
 
 def op_table(prof, byte_log, wall_s: float) -> list[dict]:
     """Rows {op, calls, time_s, bytes, GBps, share} of one profiled phase, by time."""
-    stats = defaultdict(lambda: {"calls": 0, "time_s": 0.0, "device_s": 0.0, "bytes": 0})
+    stats = defaultdict(lambda: {"calls": 0, "time_s": 0.0, "device_s": 0.0, "bytes": None})
     for e in outermost_ops(prof.events()):
         s = stats[e.name]
         s["calls"] += 1
         s["time_s"] += e.cpu_time_total / 1e6
         s["device_s"] += getattr(e, "device_time_total", 0.0) / 1e6
     for label, nbytes in byte_log:
-        if label in stats:
-            stats[label]["bytes"] += nbytes
+        if label in stats:  # (a label set in C++, a backward node's, logs no bytes)
+            stats[label]["bytes"] = (stats[label]["bytes"] or 0) + nbytes
     rows = []
     for name, s in stats.items():
-        rows.append(dict(op=name[len(PREFIX):], **s, GBps=s["bytes"] / s["time_s"] / 1e9 if s["time_s"] else None,
+        rows.append(dict(op=name[len(PREFIX):], **s, GBps=s["bytes"] / s["time_s"] / 1e9 if s["time_s"] and s["bytes"] else None,
                          share=s["time_s"] / wall_s))
     rows.sort(key=lambda r: -r["time_s"])
     other = max(0.0, wall_s - sum(r["time_s"] for r in rows))

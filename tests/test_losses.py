@@ -261,3 +261,20 @@ def test_bad_input_is_named(case):
     name, exc, call = BAD[case]
     with pytest.raises(exc, match=name):
         call()
+
+
+@pytest.mark.parametrize("backend", FAST + ["reference"])
+@pytest.mark.parametrize("shape", [(64, 2), (4, 3, 8, 8)], ids=str)
+def test_training_step_keeps_no_noise_tensor(backend, shape):
+    """What autograd keeps for the backward of anneal_dsm: the score (a leaf here, so no
+    network) and per-sample vectors, never a B x D noise or residual tensor."""
+    x = torch.randn(shape)
+    h = torch.randn(shape, requires_grad=True)
+    saved = []
+    with fastscore.use_backend(backend), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                                          lambda t: t):
+        loss = losses.anneal_dsm(lambda x_tilde, sigma: h, x, S.geometric_sigmas(5.0, 0.1, 10), seed=3)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert big and all(t.untyped_storage().data_ptr() == h.untyped_storage().data_ptr() for t in big)
+    loss.backward()
+    assert h.grad is not None and h.grad.shape == shape

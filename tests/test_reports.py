@@ -112,7 +112,8 @@ def test_profile_writes_traces_and_a_table(tmp_path, capsys):
         assert ops_wanted <= names, (name, names)
         assert sum(r["share"] for r in rows) >= 1 - 1e-9  # the ops plus "everything else" cover the phase
         for r in rows[:-1]:
-            assert r["calls"] > 0 and r["bytes"] > 0 and r["GBps"] > 0
+            assert r["calls"] > 0
+            assert r["op"].endswith("_backward") or (r["bytes"] > 0 and r["GBps"] > 0), r  # C++ nodes log none
         assert name.split(",")[0] in out
     assert "everything else" in out
 
