@@ -44,12 +44,12 @@ torch.set_num_threads(THREADS)
 if importlib.util.find_spec("fastscore") is None:
     sys.path.insert(0, str(BENCH_DIR.parent))
 
-OP_ORDER = ("langevin_step_", "step_", "perturb", "noise")
+OP_ORDER = ("langevin_step_", "step_", "update", "perturb", "noise", "langevin_corrector_")
 SIZE_ORDER = ("4x2", "2x4096", "64x3x32x32", "16x3x256x256")
 PROVIDER_ORDER = ("cpp", "reference", "eager", "diffusers", "compile")
 SAMPLER_SUITES = ("samplers", "sampler_step")  # whole runs on an analytic score; per step, zero-cost score
 SAMPLER_ORDER = ("annealed_langevin", "pc")
-LOSS_ORDER = ("anneal_dsm", "sliced_sm", "sliced_terms", "log_likelihood")
+LOSS_ORDER = ("anneal_dsm", "train_step", "sliced_sm", "sliced_terms", "log_likelihood")
 FUSED_PROVIDER_ORDER = ("fused", "reference", "eager", "compile")
 
 COPY_BYTES = 256 << 20  # source tensor size; one copy moves 2x this (read + write)

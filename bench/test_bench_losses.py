@@ -35,7 +35,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastscore import backends, likelihood, losses, ops
+from fastscore import _peers, backends, likelihood, losses, ops
 from fastscore.sde import VPSDE, geometric_sigmas
 
 SEED = 1234
@@ -169,6 +169,47 @@ def test_anneal_dsm(benchmark, run_timed, size, provider):
     with setup_anneal_dsm(size, provider) as (step, forward, inputs):
         benchmark.extra_info.update(_memory_info(forward, step, inputs))
         run_timed(step)
+
+
+# --------------------------------------------------------------------------- a whole training step
+
+TRAIN_SIZES = {"2048x2": (2048, 2), "64x3x32x32": (64, 3, 32, 32)}
+
+
+def train_model(shape):
+    """The demo's MLP (2-D) or a 3-convolution net (images): the network of a training step."""
+    from fastscore.demo import NoiseConditionalScoreNet
+    from fastscore.profile import SmallConvScoreNet
+
+    torch.manual_seed(0)
+    return NoiseConditionalScoreNet() if len(shape) == 2 else SmallConvScoreNet(shape[1])
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("size", list(TRAIN_SIZES))
+def test_train_step(benchmark, run_timed, size, provider):
+    """zero_grad, anneal_dsm (fused, or NCSNv2's eager loss), backward, Adam: the network
+    included, the step a user's training loop runs."""
+    reason = _unavailable(provider)
+    if reason:
+        pytest.skip(reason)
+    shape = TRAIN_SIZES[size]
+    benchmark.group = f"train step {size}"
+    benchmark.extra_info.update(suite="losses", op="train_step", size=size, provider=provider, shape=list(shape),
+                                numel=math.prod(shape), threads=torch.get_num_threads(), dtype="float32")
+    model = train_model(shape)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    sigmas = DSM_SIGMAS.float()
+
+    def step():
+        loss = (losses.anneal_dsm(model, x, DSM_SIGMAS, seed=SEED) if provider == "fused"
+                else _peers.anneal_dsm_score_estimation(model, x, sigmas))  # the model takes sigma
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    run_timed(step)
 
 
 # --------------------------------------------------------------------------- sliced score matching
