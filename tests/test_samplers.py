@@ -12,7 +12,7 @@ import fastscore
 from fastscore import adapters, samplers
 from fastscore import sde as S
 from fastscore.backends import available_backends
-from fastscore.demo import default_mixture
+from fastscore.demo import three_modes
 
 FAST = [b for b in available_backends("cpu") if b != "reference"]
 
@@ -68,7 +68,7 @@ def test_step_seed_is_a_pure_integer_function():
 def test_sharded_rows_equal_one_call(run):
     ve = S.VESDE(sigma_max=5.0, N=30)
     score = gaussian_score(ve)
-    gmm = default_mixture()
+    gmm = three_modes()
 
     def sample(rows, offset):
         shape = (rows, 2)
@@ -219,7 +219,7 @@ def test_ula_stationary_variance_on_standard_normal():
 
 
 def test_annealed_langevin_mode_weights_on_mixture():
-    gmm = default_mixture()
+    gmm = three_modes()
     n = 8192
     sigmas = S.geometric_sigmas(8.0, 0.05, 10)
     x0 = fastscore.noise((n, 2), seed=1) * 8.0
