@@ -62,6 +62,16 @@ def _unavailable(provider: str) -> str | None:
     return None
 
 
+def _describe(benchmark, op, group, size, provider, shape) -> None:
+    """Skips an unavailable provider; names the row (suite "losses") in extra_info."""
+    reason = _unavailable(provider)
+    if reason:
+        pytest.skip(reason)
+    benchmark.group = group
+    benchmark.extra_info.update(suite="losses", op=op, size=size, provider=provider, shape=list(shape),
+                                numel=math.prod(shape), threads=torch.get_num_threads(), dtype="float32")
+
+
 def _smoke(request) -> bool:
     return bool(request.config.getoption("benchmark_disable"))
 
@@ -159,13 +169,7 @@ def setup_anneal_dsm(size: str, provider: str):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("size", list(DSM_SIZES))
 def test_anneal_dsm(benchmark, run_timed, size, provider):
-    reason = _unavailable(provider)
-    if reason:
-        pytest.skip(reason)
-    shape = DSM_SIZES[size]
-    benchmark.group = f"anneal_dsm fwd+bwd {size}"
-    benchmark.extra_info.update(suite="losses", op="anneal_dsm", size=size, provider=provider, shape=list(shape),
-                                numel=math.prod(shape), threads=torch.get_num_threads(), dtype="float32")
+    _describe(benchmark, "anneal_dsm", f"anneal_dsm fwd+bwd {size}", size, provider, DSM_SIZES[size])
     with setup_anneal_dsm(size, provider) as (step, forward, inputs):
         benchmark.extra_info.update(_memory_info(forward, step, inputs))
         run_timed(step)
@@ -190,13 +194,8 @@ def train_model(shape):
 def test_train_step(benchmark, run_timed, size, provider):
     """zero_grad, anneal_dsm (fused, or NCSNv2's eager loss), backward, Adam: the network
     included, the step a user's training loop runs."""
-    reason = _unavailable(provider)
-    if reason:
-        pytest.skip(reason)
     shape = TRAIN_SIZES[size]
-    benchmark.group = f"train step {size}"
-    benchmark.extra_info.update(suite="losses", op="train_step", size=size, provider=provider, shape=list(shape),
-                                numel=math.prod(shape), threads=torch.get_num_threads(), dtype="float32")
+    _describe(benchmark, "train_step", f"train step {size}", size, provider, shape)
     model = train_model(shape)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
