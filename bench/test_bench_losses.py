@@ -131,21 +131,6 @@ def _memory_info(forward, step, inputs) -> dict:
 # --------------------------------------------------------------------------- anneal_dsm
 
 
-def eager_anneal_dsm(scorenet, samples, sigmas, labels=None, anneal_power=2.0):
-    """NCSNv2's anneal_dsm_score_estimation (losses/dsm.py), as published."""
-    if labels is None:
-        labels = torch.randint(0, len(sigmas), (samples.shape[0],), device=samples.device)
-    used_sigmas = sigmas[labels].view(samples.shape[0], *([1] * len(samples.shape[1:])))
-    noise = torch.randn_like(samples) * used_sigmas
-    perturbed_samples = samples + noise
-    target = -1 / (used_sigmas**2) * noise
-    scores = scorenet(perturbed_samples, labels)
-    target = target.view(target.shape[0], -1)
-    scores = scores.view(scores.shape[0], -1)
-    loss = 1 / 2.0 * ((scores - target) ** 2).sum(dim=-1) * used_sigmas.squeeze() ** anneal_power
-    return loss.mean(dim=0)
-
-
 @contextlib.contextmanager
 def setup_anneal_dsm(size: str, provider: str):
     """Yield (step, forward, inputs): step = zero grad, loss, backward."""
@@ -157,7 +142,7 @@ def setup_anneal_dsm(size: str, provider: str):
     if provider == "fused":
         forward = lambda: losses.anneal_dsm(score_fn, x, DSM_SIGMAS, seed=SEED)  # noqa: E731
     else:
-        forward = lambda: eager_anneal_dsm(score_fn, x, DSM_SIGMAS)  # noqa: E731
+        forward = lambda: _peers.anneal_dsm_score_estimation(score_fn, x, DSM_SIGMAS)  # noqa: E731
 
     def step():
         h.grad = None
@@ -203,7 +188,7 @@ def test_train_step(benchmark, run_timed, size, provider):
 
     def step():
         loss = (losses.anneal_dsm(model, x, DSM_SIGMAS, seed=SEED) if provider == "fused"
-                else _peers.anneal_dsm_score_estimation(model, x, sigmas))  # the model takes sigma
+                else _peers.anneal_dsm_score_estimation(model, x, sigmas))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
