@@ -1,7 +1,7 @@
 // Corrector family, CPU: score_sde's LangevinCorrector step in two passes, noise
 // regenerated, never stored.
-//   pass 1: per-row sums of squares of score and z in float64 (row_reduce.h: the sum's
-//           order, and so its bits, does not depend on the thread count);
+//   pass 1: per-row norms of score and z in float64 (row_reduce.h: the sum's order, and
+//           so its bits, does not depend on the thread count);
 //   host:   eps = (snr * |z| / |s|)^2 * 2 * alpha (batch means or per row), the rule of
 //           op_common.h (reference.corrector_step_size's operation order);
 //   pass 2: the fused update with per-row (1, eps, sqrt(2 eps)) — the update kernel.
@@ -19,17 +19,16 @@
 namespace fastscore {
 namespace {
 
-// Per-row sums of squares of the score and of z (the stream, or an explicit noise
-// array), staged in the compute type and reduced in float64 (row_reduce.h).
+// Per-row norms of the score and of z (the stream, or an explicit noise array): sums of
+// squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
+// taken in the same parallel task.
 template <typename scalar_t, typename noise_t>
-std::vector<std::array<double, 2>> row_sq_sums(const scalar_t* s, const noise_t* noise, const HostStream& st,
-                                               int64_t rows, int64_t per_row) {
+std::vector<std::array<double, 2>> row_norms(const scalar_t* s, const noise_t* noise, const HostStream& st,
+                                             int64_t rows, int64_t per_row) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
-  return row_sums<2, 2, opmath_t>(rows, per_row, squares, [&](int64_t c0, int64_t n,
-                                                                           opmath_t (*buf)[kChunk],
-                                                                           const opmath_t** f) {
+  auto stage = [&](int64_t c0, int64_t n, opmath_t (*buf)[kChunk], const opmath_t** f) {
     f[0] = in_compute_type(s + c0, n, buf[0]);
     if (noise != nullptr) {
       f[1] = in_compute_type(noise + c0, n, buf[1]);
@@ -39,7 +38,12 @@ std::vector<std::array<double, 2>> row_sq_sums(const scalar_t* s, const noise_t*
         for (int64_t t = 0; t < count; ++t) buf[1][i - c0 + t] = static_cast<opmath_t>(z[t]);
       });
     }
-  });
+  };
+  auto take_roots = [](std::array<double, 2>& row) {
+    row[0] = std::sqrt(row[0]);
+    row[1] = std::sqrt(row[1]);
+  };
+  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, take_roots);
 }
 
 void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mean, const at::Tensor& score,
@@ -52,24 +56,24 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   UpdateTensors t = make_update_tensors(x, x_mean, x, {score}, noise);
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  std::vector<std::array<double, 2>> sums;  // per row: |score|^2, |z|^2
+  std::vector<std::array<double, 2>> norms;  // per row: |score|, |z|
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
-    sums = t.noise.defined() ? row_sq_sums(sp, t.noise.data_ptr<opmath_t>(), st, rows, per_row)
-                             : row_sq_sums(sp, static_cast<const float*>(nullptr), st, rows, per_row);
+    norms = t.noise.defined() ? row_norms(sp, t.noise.data_ptr<opmath_t>(), st, rows, per_row)
+                              : row_norms(sp, static_cast<const float*>(nullptr), st, rows, per_row);
   });
   // The rule: on the batch means of the norms (as score_sde and diffusers), or per row.
   double gm = 0.0, nm = 0.0;
-  if (!per_sample) {  // batch means of the row norms: fixed blocks of rows, in parallel, added in order
+  if (!per_sample) {  // batch means of the row norms: fixed blocks of rows, added in order
     constexpr int64_t kRowsPerBlock = 1024;
     const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
     std::vector<double> part(2 * blocks);
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    // A block is ~1 µs of additions: threads only for batches of many blocks.
+    at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * kRowsPerBlock, n = std::min(kRowsPerBlock, rows - r0);
-        sum_sqrt(&sums[r0][0], n, 2, &part[2 * b]);
-        sum_sqrt(&sums[r0][1], n, 2, &part[2 * b + 1]);
+        const int64_t r0 = b * kRowsPerBlock;
+        sum_pairs(&norms[r0][0], std::min(kRowsPerBlock, rows - r0), &part[2 * b]);
       }
     });
     for (int64_t b = 0; b < blocks; ++b) {
@@ -92,7 +96,7 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   } else {
     step.resize(2 * rows);
     for (int64_t r = 0; r < rows; ++r) {
-      const double g = per_sample ? std::sqrt(sums[r][0]) : gm, n = per_sample ? std::sqrt(sums[r][1]) : nm;
+      const double g = per_sample ? norms[r][0] : gm, n = per_sample ? norms[r][1] : nm;
       step[r] = corrector_eps(g, n, snr, alpha_c.at_row(r));
       step[rows + r] = std::sqrt(step[r] * 2.0);
     }

@@ -57,17 +57,24 @@ void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_r
   fold_short_rows_impl(a, b, nr, per_row, out, stride);
 }
 
+// Pairs laid end to end: v[2 r + k] goes to lane 2 (r % kLanes) + k, which is lane r % kLanes
+// of sum k — the same additions in the same order as one strided sum per k, but contiguous
+// (whole vectors, no gathers).
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void sum_sqrt(const double* v, int64_t n, int64_t stride, double* total) {
-  double lanes[kLanes] = {};
+void sum_pairs(const double* v, int64_t n, double* total) {
+  double lanes[2 * kLanes] = {};
   int64_t r = 0;
   for (; r + kLanes <= n; r += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += __builtin_sqrt(v[(r + l) * stride]);
+    for (int l = 0; l < 2 * kLanes; ++l) lanes[l] += v[2 * r + l];
   }
-  for (; r < n; ++r) lanes[r % kLanes] += __builtin_sqrt(v[r * stride]);
-  double t = 0.0;
-  for (int l = 0; l < kLanes; ++l) t += lanes[l];
-  *total = t;
+  for (; r < n; ++r) {
+    for (int k = 0; k < 2; ++k) lanes[2 * (r % kLanes) + k] += v[2 * r + k];
+  }
+  for (int k = 0; k < 2; ++k) {
+    double t = 0.0;
+    for (int l = 0; l < kLanes; ++l) t += lanes[2 * l + k];
+    total[k] = t;
+  }
 }
 
 }  // namespace fastscore

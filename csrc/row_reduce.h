@@ -37,8 +37,9 @@ void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
 void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 
-// *total = sum_r sqrt(v[r * stride]) for r < n, in kLanes fixed lanes (r % kLanes), then the lanes.
-void sum_sqrt(const double* v, int64_t n, int64_t stride, double* total);
+// total[k] = sum_r v[2 r + k] for r < n, k < 2: each in kLanes fixed lanes (r % kLanes), then
+// the lanes in order.
+void sum_pairs(const double* v, int64_t n, double* total);
 
 // Zero-pads buf[n, round_up(n, kLanes)) and returns that rounded length.
 template <typename T>
@@ -76,14 +77,21 @@ inline const T* in_compute_type(const V* v, int64_t n, T* buf) {
 template <int NSUM>
 using FactorPairs = std::array<std::pair<int, int>, NSUM>;
 
+// Leaves each row's sums as they are.
+struct KeepSums {
+  template <typename Row>
+  void operator()(Row&) const {}
+};
+
 // sums[r][k] for rows r. stage(c0, n, buf, f) points f[j] at factor j of flat elements
 // [c0, c0 + n) (n <= kChunk): at the data itself where it is already in the compute type,
 // or at buf[j] after filling it. [c0, c0 + n) is part of one row, or whole rows (short rows).
-template <int NSUM, int NF, typename T, typename StageFn>
+// finish(sums[r]) runs once per finished row, in the parallel task where short rows are
+// summed (the corrector takes its square roots there).
+template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
 std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs,
-                                               StageFn&& stage) {
-  std::vector<std::array<double, NSUM>> sums(rows);
-  for (auto& s : sums) s.fill(0.0);
+                                               StageFn&& stage, FinishFn&& finish = {}) {
+  std::vector<std::array<double, NSUM>> sums(rows);  // value-initialised: zeros
   if (rows == 0 || per_row == 0) return sums;
   if (per_row <= kShortRow) {  // whole rows per chunk, folded one row at a time
     const int64_t rows_per_chunk = kChunk / per_row;
@@ -114,6 +122,7 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
             sums[r + q][k] = total;
           }
         }
+        for (int64_t q = 0; q < nr; ++q) finish(sums[r + q]);
       }
     });
     return sums;
@@ -155,6 +164,7 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       for (int s = 0; s < NSUM; ++s) sums[r][s] += partial[r * blocks_per_row + k][s];
     }
+    finish(sums[r]);
   }
   return sums;
 }

@@ -15,6 +15,7 @@ import torch
 from fastscore._common import is_int, seed_bits
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_Tensor = torch.Tensor
 
 
 def float_tensor(t, name: str) -> None:
@@ -25,7 +26,7 @@ def float_tensor(t, name: str) -> None:
 
 
 def like(t, x: torch.Tensor, name: str, same_dtype: bool = True, x_name: str = "x") -> None:
-    if (type(t) is torch.Tensor and t.dtype is x.dtype and t.is_cpu and x.is_cpu and t.shape == x.shape
+    if (type(t) is _Tensor and t.dtype is x.dtype and t.is_cpu and x.is_cpu and t.shape == x.shape
             and t.dtype in FLOAT_DTYPES):
         return  # the common case, in a few attribute reads
     float_tensor(t, name)

@@ -131,30 +131,38 @@ class _PlainAutograd(torch.autograd.Function):
 _REGISTERED = {(ns, op): getattr(getattr(torch.ops, ns), op).default for ns in NAMESPACES for op in SCHEMAS}
 
 
+# Looked up once: an eager call at 4x2 costs ~5 µs, and each attribute chain ~0.05 µs of it.
+_Tensor = torch.Tensor
+_is_compiling = torch.compiler.is_compiling
+_functorch_active = torch._C._are_functorch_transforms_active
+_profiler = torch.autograd.profiler  # its _is_profiler_enabled is read per call: it changes
+
+
 def _call(op, x, *args, grad=False, name=None, mean=False):
     """Runs ``op`` on the backend that serves ``x``, through one of its two doors, inside
     the profiler label "fastscore::<name>" (the public op's name) and, on CUDA, an NVTX range.
     ``mean``: return the batch mean of the op's per-sample output."""
     backend = backends.select(x)
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         out = _REGISTERED[(backend.namespace, op)](*args)
         return out.mean() if mean else out
     # The one predicate: the plain door for eager calls on plain tensors (with the op's own
     # autograd around it where the call needs one and the op has a plain one).
-    if (type(x) is torch.Tensor and backend.make_plain is not None and not x.is_meta
-            and not torch._C._are_functorch_transforms_active() and (not grad or op in _PLAIN_AUTOGRAD)):
+    cpu = x.is_cpu  # neither meta nor CUDA
+    if (type(x) is _Tensor and backend.make_plain is not None and (cpu or not x.is_meta)
+            and not _functorch_active() and (not grad or op in _PLAIN_AUTOGRAD)):
         if grad:
             native = _native_autograd(backend, op)
             fn = (functools.partial(_PlainAutograd.apply, op, backend.plain, mean) if native is None
                   else (lambda f, m: lambda *a: f(*a, m))(native, mean))
             mean = False  # taken inside
         else:
-            fn = _plain_fn(backend, op)
+            fn = _PLAIN.get((backend.name, op)) or _plain_fn(backend, op)
     else:
         fn = _REGISTERED[(backend.namespace, op)]
     if mean:
         fn = (lambda f: lambda *a: f(*a).mean())(fn)
-    if not (x.is_cuda or torch.autograd.profiler._is_profiler_enabled):
+    if not (_profiler._is_profiler_enabled or not cpu and x.is_cuda):
         return fn(*args)
     return _labelled(f"fastscore::{name or op}", x, fn, args, in_place=op.endswith("_"))
 
@@ -377,26 +385,28 @@ def _explicit_noise(noise, x):
     return noise if noise.dtype == cd else noise.to(cd)
 
 
-def _check_in_place(op, x, ys, noise, out2, out2_name):
-    if (type(x) is torch.Tensor and x.is_cpu and not x.requires_grad and noise is None and out2 is None
-            and x.dtype in _checks.FLOAT_DTYPES):
-        for name, y in ys:  # the common eager case: nothing needs grad, nothing aliases
-            if type(y) is not torch.Tensor or y.requires_grad:
-                break
-            _checks.like(y, x, name)
-        else:
-            return
+# True for plain CPU float tensors like the first, none requiring grad (fastscore._C: one
+# call instead of ten tensor attribute reads); without the extension every call is checked in full.
+_plain_like = getattr(backends._C, "plain_like", None)
+
+
+def _check_in_place(op, x, score, noise, out2, out2_name, score_optional=False):
+    """The checks of the sampler updates: x, score (None allowed where ``score_optional``),
+    the explicit noise and the second output."""
+    if noise is None and out2 is None and _plain_like is not None and not _is_compiling() and (
+            _plain_like(x, score) if score is not None else score_optional and _plain_like(x)):
+        return  # the common eager case: nothing needs grad, nothing aliases
     _checks.float_tensor(x, "x")
-    for name, y in ys:
-        if y is None:
-            raise TypeError(f"{name} must be a tensor shaped like x, got None")
-        _checks.like(y, x, name)
+    if score is not None:
+        _checks.like(score, x, "score")
+    elif not score_optional:
+        raise TypeError("score must be a tensor shaped like x, got None")
     if out2 is not None:
         _checks.like(out2, x, out2_name)
         _checks.not_aliased(out2, x, out2_name)
     if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
         raise RuntimeError(f"x is a leaf that requires grad; {op} updates x in place (use perturb, or torch.no_grad())")
-    _checks.no_grad(op, x, noise, out2, *(y for _, y in ys))
+    _checks.no_grad(op, x, noise, out2, score)
 
 
 def _update(op, x, out, out2, ys, values, seed, offset, noise):
@@ -421,7 +431,7 @@ def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
             skips the RNG (an ODE step).
         seed, offset: ints or one-element int64 tensors (CPU or x's device); offset in rows.
     Returns: x."""
-    _check_in_place("step_", x, [] if score is None else [("score", score)], noise, x_mean, "x_mean")
+    _check_in_place("step_", x, score, noise, x_mean, "x_mean", score_optional=True)
     a, b, c = _checks.coef(a, "a", x), _checks.coef(b, "b", x), _checks.coef(c, "c", x)
     if score is None:
         ys, values = [], [a, c] + ([a, 0.0] if x_mean is not None else [])
@@ -433,7 +443,7 @@ def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
 def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
     """In place: x <- x + eps*score + sqrt(2 eps)*z (unadjusted Langevin); eps >= 0, a float
     or a per-sample [B] tensor. Returns x."""
-    _check_in_place("langevin_step_", x, [("score", score)], noise, None, "")
+    _check_in_place("langevin_step_", x, score, noise, None, "")
     eps = _checks.coef(step_size, "step_size", x, nonnegative=True)
     scale = math.sqrt(2.0 * eps) if not isinstance(eps, torch.Tensor) else torch.sqrt(2.0 * eps.double())
     return _update("langevin_step_", x, x, None, [score], [1.0, eps, scale], seed, offset, noise)
@@ -442,7 +452,7 @@ def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
 def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
     """Out of place: a*x + b*score + c*z into ``out`` (a new tensor if None); x is not
     modified. An ODE stage's drift is ``update(y, score, f_t, -g_t**2 / 2)``."""
-    _check_in_place("update", x, [] if score is None else [("score", score)], noise, None, "")
+    _check_in_place("update", x, score, noise, None, "", score_optional=True)
     if out is None:
         out = torch.empty_like(x)
     else:
@@ -533,7 +543,7 @@ def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mo
     and the second pass regenerates z instead of storing it. ``alpha``: float, 0-d or
     [B] tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
     Returns x."""
-    _check_in_place("langevin_corrector_", x, [("score", score)], noise, x_mean, "x_mean")
+    _check_in_place("langevin_corrector_", x, score, noise, x_mean, "x_mean")
     if step_size_mode not in STEP_SIZE_MODES:
         raise ValueError(f"step_size_mode must be one of {STEP_SIZE_MODES}, got {step_size_mode!r}")
     if isinstance(snr, torch.Tensor):

@@ -5,6 +5,7 @@ labels."""
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import fastscore
 from fastscore import backends, ops
