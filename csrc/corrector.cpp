@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_update.h"
@@ -21,10 +22,10 @@ namespace {
 
 // Per-row norms of the score and of z (the stream, or an explicit noise array): sums of
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
-// taken in the same parallel task.
+// taken in the same parallel task. keep (or null): where the stream's z is also written.
 template <typename scalar_t, typename noise_t>
-std::vector<std::array<double, 2>> row_norms(const scalar_t* s, const noise_t* noise, const HostStream& st,
-                                             int64_t rows, int64_t per_row) {
+std::vector<std::array<double, 2>> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep,
+                                             const HostStream& st, int64_t rows, int64_t per_row) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
@@ -32,19 +33,25 @@ std::vector<std::array<double, 2>> row_norms(const scalar_t* s, const noise_t* n
     f[0] = in_compute_type(s + c0, n, buf[0]);
     if (noise != nullptr) {
       f[1] = in_compute_type(noise + c0, n, buf[1]);
+    } else if constexpr (std::is_same_v<opmath_t, float>) {  // z straight into where it is read
+      opmath_t* z = keep != nullptr ? keep + c0 : buf[1];
+      stream_normals(st.k0, st.k1, static_cast<uint64_t>(base + c0), n, z);
+      f[1] = z;
     } else {
-      f[1] = buf[1];
-      for_each_noise_chunk(st, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
-        for (int64_t t = 0; t < count; ++t) buf[1][i - c0 + t] = static_cast<opmath_t>(z[t]);
+      opmath_t* z = keep != nullptr ? keep + c0 : buf[1];
+      for_each_noise_chunk(st, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* zf) {
+        for (int64_t t = 0; t < count; ++t) z[i - c0 + t] = static_cast<opmath_t>(zf[t]);
       });
+      f[1] = z;
     }
   };
-  auto take_roots = [](std::array<double, 2>& row) {
-    row[0] = std::sqrt(row[0]);
-    row[1] = std::sqrt(row[1]);
-  };
+  auto take_roots = [](std::array<double, 2>* row, int64_t n) { sqrt_in_place(&row[0][0], 2 * n); };
   return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, take_roots);
 }
+
+// Batches up to this many elements keep pass 1's z for pass 2 (it is still in cache, and
+// reading it back is cheaper than drawing it again); larger ones regenerate it.
+constexpr int64_t kKeepNoise = 1 << 16;
 
 void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mean, const at::Tensor& score,
                             double snr, double alpha, const c10::optional<at::Tensor>& alpha_t, bool per_sample,
@@ -57,12 +64,18 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
   std::vector<std::array<double, 2>> norms;  // per row: |score|, |z|
+  at::Tensor kept;  // z of pass 1, for pass 2 (small batches)
+  if (!t.noise.defined() && x.numel() <= kKeepNoise) {
+    kept = at::empty({x.numel()}, x.options().dtype(compute_type(x.scalar_type())));
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
-    norms = t.noise.defined() ? row_norms(sp, t.noise.data_ptr<opmath_t>(), st, rows, per_row)
-                              : row_norms(sp, static_cast<const float*>(nullptr), st, rows, per_row);
+    opmath_t* keep = kept.defined() ? kept.data_ptr<opmath_t>() : nullptr;
+    norms = t.noise.defined() ? row_norms(sp, t.noise.data_ptr<opmath_t>(), keep, st, rows, per_row)
+                              : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row);
   });
+  if (kept.defined()) t.noise = kept;  // pass 2 reads the same z
   // The rule: on the batch means of the norms (as score_sde and diffusers), or per row.
   double gm = 0.0, nm = 0.0;
   if (!per_sample) {  // batch means of the row norms: fixed blocks of rows, added in order

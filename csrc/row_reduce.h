@@ -37,6 +37,9 @@ void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
 void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 
+// v[i] = sqrt(v[i]) for i < n (correctly rounded, as std::sqrt).
+void sqrt_in_place(double* v, int64_t n);
+
 // total[k] = sum_r v[2 r + k] for r < n, k < 2: each in kLanes fixed lanes (r % kLanes), then
 // the lanes in order.
 void sum_pairs(const double* v, int64_t n, double* total);
@@ -77,17 +80,17 @@ inline const T* in_compute_type(const V* v, int64_t n, T* buf) {
 template <int NSUM>
 using FactorPairs = std::array<std::pair<int, int>, NSUM>;
 
-// Leaves each row's sums as they are.
+// Leaves the rows' sums as they are.
 struct KeepSums {
   template <typename Row>
-  void operator()(Row&) const {}
+  void operator()(Row*, int64_t) const {}
 };
 
 // sums[r][k] for rows r. stage(c0, n, buf, f) points f[j] at factor j of flat elements
 // [c0, c0 + n) (n <= kChunk): at the data itself where it is already in the compute type,
 // or at buf[j] after filling it. [c0, c0 + n) is part of one row, or whole rows (short rows).
-// finish(sums[r]) runs once per finished row, in the parallel task where short rows are
-// summed (the corrector takes its square roots there).
+// finish(&sums[r], n) runs once on every finished row, n rows at a time, in the parallel
+// task where short rows are summed (the corrector takes its square roots there).
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
 std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs,
                                                StageFn&& stage, FinishFn&& finish = {}) {
@@ -122,7 +125,7 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
             sums[r + q][k] = total;
           }
         }
-        for (int64_t q = 0; q < nr; ++q) finish(sums[r + q]);
+        finish(&sums[r], nr);
       }
     });
     return sums;
@@ -164,8 +167,8 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       for (int s = 0; s < NSUM; ++s) sums[r][s] += partial[r * blocks_per_row + k][s];
     }
-    finish(sums[r]);
   }
+  finish(sums.data(), rows);
   return sums;
 }
 
