@@ -87,6 +87,23 @@ def test_backends_match_reference(backend, dtype, shape, mode, alpha_kind):
     assert_matches(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3001, 2), (4096, 16), (70001, 1)])
+@pytest.mark.parametrize("mode", ["batch", "per_sample"])
+def test_cpp_short_rows_match_reference(shape, dtype, mode):
+    """Thousands of short rows (the C++ short-row reduction), with numel at, below and
+    above the size up to which the C++ kernel keeps pass 1's noise for pass 2 (2**16)."""
+    skip_unsupported("cpp", dtype)
+    results = []
+    for b in ("reference", "cpp"):
+        x, s = inputs(shape, dtype, seed=5)
+        mean = torch.empty_like(x)
+        with fastscore.use_backend(b):
+            ops.langevin_corrector_(x, s, 0.16, seed=2**63 + 5, offset=3, step_size_mode=mode, x_mean=mean)
+        results.append(torch.stack([x, mean]))
+    assert_matches(results[1], results[0])
+
+
 @pytest.mark.parametrize("backend", FAST)
 def test_explicit_noise_and_empty(backend):
     with fastscore.use_backend(backend):
