@@ -397,19 +397,12 @@ def format_table(benches, copy) -> list[str]:
         ))
         head = (f"{'op':<15} {'size':<13} {'provider':<10} {'median µs':>10} {'GB/s':>7} {'%copy':>6} "
                 f"{'Mnormals/s':>10} {'x-vs-eager':>10} {'x-vs-compile':>12} {'busy':>5}")
-        lines += [head, "-" * len(head)]
-        prev = None
-        for r in ops_rows:
-            if prev is not None and (r["op"], r["size"]) != prev:
-                lines.append("")
-            prev = (r["op"], r["size"])
-            lines.append(
-                f"{r['op']:<15} {r['size']:<13} {r['provider']:<10} {r['median_us']:>10.1f} "
-                f"{_fmt(r.get('GBps'), '.2f'):>7} {_fmt(r.get('pct_copy'), '.1f'):>6} "
-                f"{_fmt(r.get('normals_per_s') and r['normals_per_s'] / 1e6, '.0f'):>10} "
-                f"{_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_fmt(r.get('speedup_vs_compile'), '.2f'):>12} "
-                f"{_busy(r)}"
-            )
+        lines += _grouped_table(head, ops_rows, lambda r: (r["op"], r["size"]), lambda r: (
+            f"{r['op']:<15} {r['size']:<13} {r['provider']:<10} {r['median_us']:>10.1f} "
+            f"{_fmt(r.get('GBps'), '.2f'):>7} {_fmt(r.get('pct_copy'), '.1f'):>6} "
+            f"{_fmt(r.get('normals_per_s') and r['normals_per_s'] / 1e6, '.0f'):>10} "
+            f"{_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_fmt(r.get('speedup_vs_compile'), '.2f'):>12} "
+            f"{_busy(r)}"))
     if gen_rows:
         gen_rows.sort(key=lambda r: (r.get("threads", 0), r["provider"]))
         head = (f"{'generator':<34} {'threads':>7} {'median µs':>10} {'Mnormals/s':>10} "
@@ -453,17 +446,10 @@ def format_sampler_table(rows) -> list[str]:
                                        _rank(r["size"], SIZE_ORDER), _rank(r["provider"], FUSED_PROVIDER_ORDER)))
     head = (f"{'sampler':<18} {'score':<9} {'size':<11} {'provider':<10} {'steps':>6} {'median ms':>10} "
             f"{'µs/step':>9} {'ops µs':>7} {'loop µs':>7} {'x-vs-eager':>10} {'busy':>5}")
-    lines = [head, "-" * len(head)]
-    prev = None
-    for r in rows:
-        if prev is not None and (r["suite"], r["op"], r["size"]) != prev:
-            lines.append("")
-        prev = (r["suite"], r["op"], r["size"])
-        lines.append(
-            f"{r['op']:<18} {r.get('score', '-'):<9} {r['size']:<11} {r['provider']:<10} {r['steps']:>6} "
-            f"{r['median_us'] / 1e3:>10.2f} {r['us_per_step']:>9.1f} {_fmt(r.get('ops_us_per_step'), '.1f'):>7} "
-            f"{_fmt(r.get('loop_us_per_step'), '.1f'):>7} {_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_busy(r)}"
-        )
+    lines = _grouped_table(head, rows, lambda r: (r["suite"], r["op"], r["size"]), lambda r: (
+        f"{r['op']:<18} {r.get('score', '-'):<9} {r['size']:<11} {r['provider']:<10} {r['steps']:>6} "
+        f"{r['median_us'] / 1e3:>10.2f} {r['us_per_step']:>9.1f} {_fmt(r.get('ops_us_per_step'), '.1f'):>7} "
+        f"{_fmt(r.get('loop_us_per_step'), '.1f'):>7} {_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_busy(r)}"))
     lines.append("steps: annealed_langevin = levels x steps each (1 score + 1 update); pc = sde.N "
                  "(corrector + predictor, 2 scores). x-vs-eager compares µs/step. ops µs: the step's fused ops "
                  "alone, back to back; loop µs = µs/step - ops µs (the sampler's Python per step).")
@@ -477,19 +463,14 @@ def format_loss_table(rows) -> list[str]:
                                        _rank(r["provider"], FUSED_PROVIDER_ORDER)))
     head = (f"{'loss':<15} {'size':<22} {'provider':<9} {'median ms':>10} {'x-vs-eager':>10} "
             f"{'saved MB':>9} {'new BxD':>7} {'peak MB':>8} {'NFE':>5} {'busy':>5}")
-    lines = [head, "-" * len(head)]
-    prev = None
-    for r in rows:
-        if prev is not None and (r["op"], r["size"]) != prev:
-            lines.append("")
-        prev = (r["op"], r["size"])
+    def line(r):
         mb = (lambda k: _fmt(r.get(k) and r[k] / 1e6, ".2f") if r.get(k) is not None else "-")
-        lines.append(
-            f"{r['op']:<15} {r['size']:<22} {r['provider']:<9} {r['median_us'] / 1e3:>10.3f} "
-            f"{_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {mb('saved_bytes'):>9} "
-            f"{_fmt(r.get('saved_new_bxd'), 'd'):>7} {mb('peak_extra_bytes'):>8} {_fmt(r.get('nfe'), 'd'):>5} "
-            f"{_busy(r)}"
-        )
+        return (f"{r['op']:<15} {r['size']:<22} {r['provider']:<9} {r['median_us'] / 1e3:>10.3f} "
+                f"{_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {mb('saved_bytes'):>9} "
+                f"{_fmt(r.get('saved_new_bxd'), 'd'):>7} {mb('peak_extra_bytes'):>8} {_fmt(r.get('nfe'), 'd'):>5} "
+                f"{_busy(r)}")
+
+    lines = _grouped_table(head, rows, lambda r: (r["op"], r["size"]), line)
     lines.append("saved MB: distinct storages autograd saved for backward (saved_tensors_hooks); new BxD: "
                  "saved tensors of >= B*D elements that are not the inputs/parameters (e.g. a noise tensor); "
                  "peak MB: torch.profiler peak of memory allocated during fwd+bwd, above the start.")
@@ -501,17 +482,24 @@ def format_dropin_table(rows) -> list[str]:
     rows = sorted(rows, key=lambda r: (r["peer"], r["op"], _rank(r["size"], SIZE_ORDER), r["provider"]))
     head = (f"{'drop-in':<20} {'peer':<24} {'size':<13} {'provider':<8} {'steps':>5} {'µs/step':>10} "
             f"{'x-vs-peer':>9} {'busy':>5}")
-    lines = [head, "-" * len(head)]
-    prev = None
-    for r in rows:
-        if prev is not None and (r["op"], r["size"]) != prev:
-            lines.append("")
-        prev = (r["op"], r["size"])
-        lines.append(f"{r['op']:<20} {r['peer']:<24} {r['size']:<13} {r['provider']:<8} {r['steps']:>5} "
-                     f"{r['us_per_step']:>10.1f} {_fmt(r.get('speedup_vs_peer'), '.2f'):>9} {_busy(r)}")
+    lines = _grouped_table(head, rows, lambda r: (r["op"], r["size"]), lambda r: (
+        f"{r['op']:<20} {r['peer']:<24} {r['size']:<13} {r['provider']:<8} {r['steps']:>5} "
+        f"{r['us_per_step']:>10.1f} {_fmt(r.get('speedup_vs_peer'), '.2f'):>9} {_busy(r)}"))
     lines.append("zero-cost model (a preallocated tensor): the sampler's own update, noise and Python per step; "
                  "peer = the original with its default noise (k-diffusion: randn_like / Brownian tree; "
                  "diffusers: no generator, global RNG); fused = fastscore's stream.")
+    return lines
+
+
+def _grouped_table(head: str, rows, group, line) -> list[str]:
+    """head, a rule, then line(r) per row, with a blank line wherever group(r) changes."""
+    lines = [head, "-" * len(head)]
+    prev = None
+    for r in rows:
+        if prev is not None and group(r) != prev:
+            lines.append("")
+        prev = group(r)
+        lines.append(line(r))
     return lines
 
 

@@ -51,6 +51,15 @@ inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const Host
   });
 }
 
+// The explicit noise tensor, checked and contiguous (undefined: the stream).
+template <typename opmath_t>
+at::Tensor explicit_noise(const c10::optional<at::Tensor>& noise, const at::Tensor& score) {
+  if (!noise.has_value()) return at::Tensor();
+  TORCH_CHECK(noise->sizes() == score.sizes() && noise->scalar_type() == c10::CppTypeToScalarType<opmath_t>::value,
+              "fastscore: noise must match score and have the compute dtype");
+  return noise->contiguous();
+}
+
 at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::optional<at::Tensor>& sigma_t, double weight,
                         const c10::optional<at::Tensor>& weight_t, const c10::optional<at::Tensor>& noise,
                         const c10::optional<at::Tensor>& seed_t, int64_t seed,
@@ -64,10 +73,7 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::option
   const at::Tensor s_c = score.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "dsm_loss", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    TORCH_CHECK(!noise.has_value() || (noise->sizes() == score.sizes() &&
-                                       noise->scalar_type() == c10::CppTypeToScalarType<opmath_t>::value),
-                "fastscore: noise must match score and have the compute dtype");
-    const at::Tensor n_c = noise.has_value() ? noise->contiguous() : at::Tensor();
+    const at::Tensor n_c = explicit_noise<opmath_t>(noise, score);
     const opmath_t* np = n_c.defined() ? n_c.data_ptr<opmath_t>() : nullptr;
     const scalar_t* sp = s_c.data_ptr<scalar_t>();
     const FactorPairs<1> square = {{{0, 0}}};  // |d|^2
@@ -101,10 +107,7 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& score
   const at::Tensor s_c = score.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "dsm_loss_backward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    TORCH_CHECK(!noise.has_value() || (noise->sizes() == score.sizes() &&
-                                       noise->scalar_type() == c10::CppTypeToScalarType<opmath_t>::value),
-                "fastscore: noise must match score and have the compute dtype");
-    const at::Tensor n_c = noise.has_value() ? noise->contiguous() : at::Tensor();
+    const at::Tensor n_c = explicit_noise<opmath_t>(noise, score);
     const opmath_t* np = n_c.defined() ? n_c.data_ptr<opmath_t>() : nullptr;
     const scalar_t* sp = s_c.data_ptr<scalar_t>();
     scalar_t* out = grad_score.data_ptr<scalar_t>();
