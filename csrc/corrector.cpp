@@ -49,9 +49,10 @@ std::vector<std::array<double, 2>> row_norms(const scalar_t* s, const noise_t* n
   return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, take_roots);
 }
 
-// Batches up to this many elements keep pass 1's z for pass 2 (it is still in cache, and
-// reading it back is cheaper than drawing it again); larger ones regenerate it.
-constexpr int64_t kKeepNoise = 1 << 16;
+// Batches of kKeepNoiseMin..kKeepNoiseMax elements keep pass 1's z for pass 2 (it is still
+// in cache, and reading it back is cheaper than drawing it again); larger ones regenerate
+// it, and so do tiny ones (drawing a few values again costs less than allocating).
+constexpr int64_t kKeepNoiseMin = 1024, kKeepNoiseMax = 1 << 16;
 
 void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mean, const at::Tensor& score,
                             double snr, double alpha, const c10::optional<at::Tensor>& alpha_t, bool per_sample,
@@ -65,7 +66,7 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   const int64_t rows = geometry.first, per_row = geometry.second;
   std::vector<std::array<double, 2>> norms;  // per row: |score|, |z|
   at::Tensor kept;  // z of pass 1, for pass 2 (small batches)
-  if (!t.noise.defined() && x.numel() <= kKeepNoise) {
+  if (!t.noise.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
     kept = at::empty({x.numel()}, x.options().dtype(compute_type(x.scalar_type())));
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {

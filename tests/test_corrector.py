@@ -92,7 +92,7 @@ def test_backends_match_reference(backend, dtype, shape, mode, alpha_kind):
 @pytest.mark.parametrize("mode", ["batch", "per_sample"])
 def test_cpp_short_rows_match_reference(shape, dtype, mode):
     """Thousands of short rows (the C++ short-row reduction), with numel at, below and
-    above the size up to which the C++ kernel keeps pass 1's noise for pass 2 (2**16)."""
+    above the sizes for which the C++ kernel keeps pass 1's noise for pass 2 (2**10..2**16)."""
     skip_unsupported("cpp", dtype)
     results = []
     for b in ("reference", "cpp"):
