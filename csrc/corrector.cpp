@@ -24,7 +24,7 @@ namespace {
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
 // taken in the same parallel task. keep (or null): where the stream's z is also written.
 template <typename scalar_t, typename noise_t>
-std::vector<std::array<double, 2>> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep,
+RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep,
                                              const HostStream& st, int64_t rows, int64_t per_row) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
@@ -64,7 +64,7 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   UpdateTensors t = make_update_tensors(x, x_mean, x, {score}, noise);
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  std::vector<std::array<double, 2>> norms;  // per row: |score|, |z|
+  RowSums<2> norms;  // per row: |score|, |z|
   at::Tensor kept;  // z of pass 1, for pass 2 (small batches)
   if (!t.noise.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
     kept = at::empty({x.numel()}, x.options().dtype(compute_type(x.scalar_type())));

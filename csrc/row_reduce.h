@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -80,6 +81,21 @@ inline const T* in_compute_type(const V* v, int64_t n, T* buf) {
 template <int NSUM>
 using FactorPairs = std::array<std::pair<int, int>, NSUM>;
 
+// Per-row sums, [rows][NSUM], not zero-filled: every path of row_sums writes every row (a
+// zero fill of 4096 rows costs more than a two-element-row reduction's arithmetic).
+template <int NSUM>
+class RowSums {
+ public:
+  RowSums() = default;
+  explicit RowSums(int64_t rows) : v_(new std::array<double, NSUM>[rows]) {}
+  std::array<double, NSUM>& operator[](int64_t r) { return v_[r]; }
+  const std::array<double, NSUM>& operator[](int64_t r) const { return v_[r]; }
+  std::array<double, NSUM>* data() { return v_.get(); }
+
+ private:
+  std::unique_ptr<std::array<double, NSUM>[]> v_;
+};
+
 // Leaves the rows' sums as they are.
 struct KeepSums {
   template <typename Row>
@@ -92,10 +108,13 @@ struct KeepSums {
 // finish(&sums[r], n) runs once on every finished row, n rows at a time, in the parallel
 // task where short rows are summed (the corrector takes its square roots there).
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
-std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs,
+RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs,
                                                StageFn&& stage, FinishFn&& finish = {}) {
-  std::vector<std::array<double, NSUM>> sums(rows);  // value-initialised: zeros
-  if (rows == 0 || per_row == 0) return sums;
+  RowSums<NSUM> sums(rows);
+  if (rows == 0 || per_row == 0) {  // rows of no elements sum to 0
+    for (int64_t r = 0; r < rows; ++r) sums[r].fill(0.0);
+    return sums;
+  }
   if (per_row <= kShortRow) {  // whole rows per chunk, folded one row at a time
     const int64_t rows_per_chunk = kChunk / per_row;
     const int64_t grain = std::max<int64_t>(1, kShortRowGrain / per_row);
@@ -164,6 +183,7 @@ std::vector<std::array<double, NSUM>> row_sums(int64_t rows, int64_t per_row, co
     }
   });
   for (int64_t r = 0; r < rows; ++r) {
+    sums[r].fill(0.0);
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       for (int s = 0; s < NSUM; ++s) sums[r][s] += partial[r * blocks_per_row + k][s];
     }

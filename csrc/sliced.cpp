@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> sliced_terms_cpu(const at::Tensor& score, con
         for (int64_t t = 0; t < m; ++t) buf[2][i - c0 + t] = static_cast<opmath_t>(sr[t]);
       });
     });
-    std::vector<std::array<double, 1>> sq;
+    RowSums<1> sq;
     if (variance_reduction) {
       const FactorPairs<1> square = {{{0, 0}}};
       sq = row_sums<1, 1, opmath_t>(g.B, g.D, square, [&](int64_t c0, int64_t n, opmath_t (*buf)[kChunk],
