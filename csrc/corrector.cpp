@@ -1,5 +1,5 @@
-// Corrector family, CPU: score_sde's LangevinCorrector step in two passes, noise
-// regenerated, never stored.
+// Corrector family, CPU: score_sde's LangevinCorrector step in two passes; z is drawn
+// again in pass 2, except for small batches, whose pass-1 z is kept in a buffer (below).
 //   pass 1: per-row norms of score and z in float64 (row_reduce.h: the sum's order, and
 //           so its bits, does not depend on the thread count);
 //   host:   eps = (snr * |z| / |s|)^2 * 2 * alpha (batch means or per row), the rule of
@@ -24,8 +24,8 @@ namespace {
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
 // taken in the same parallel task. keep (or null): where the stream's z is also written.
 template <typename scalar_t, typename noise_t>
-RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep,
-                                             const HostStream& st, int64_t rows, int64_t per_row) {
+RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep, const HostStream& st,
+                     int64_t rows, int64_t per_row) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
@@ -33,17 +33,17 @@ RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<sc
     f[0] = in_compute_type(s + c0, n, buf[0]);
     if (noise != nullptr) {
       f[1] = in_compute_type(noise + c0, n, buf[1]);
-    } else if constexpr (std::is_same_v<opmath_t, float>) {  // z straight into where it is read
-      opmath_t* z = keep != nullptr ? keep + c0 : buf[1];
+      return;
+    }
+    opmath_t* z = keep != nullptr ? keep + c0 : buf[1];
+    if constexpr (std::is_same_v<opmath_t, float>) {  // z straight into where it is read
       stream_normals(st.k0, st.k1, static_cast<uint64_t>(base + c0), n, z);
-      f[1] = z;
     } else {
-      opmath_t* z = keep != nullptr ? keep + c0 : buf[1];
       for_each_noise_chunk(st, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* zf) {
         for (int64_t t = 0; t < count; ++t) z[i - c0 + t] = static_cast<opmath_t>(zf[t]);
       });
-      f[1] = z;
     }
+    f[1] = z;
   };
   auto take_roots = [](std::array<double, 2>* row, int64_t n) { sqrt_in_place(&row[0][0], 2 * n); };
   return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, take_roots);

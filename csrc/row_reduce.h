@@ -108,8 +108,8 @@ struct KeepSums {
 // finish(&sums[r], n) runs once on every finished row, n rows at a time, in the parallel
 // task where short rows are summed (the corrector takes its square roots there).
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
-RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs,
-                                               StageFn&& stage, FinishFn&& finish = {}) {
+RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs, StageFn&& stage,
+                       FinishFn&& finish = {}) {
   RowSums<NSUM> sums(rows);
   if (rows == 0 || per_row == 0) {  // rows of no elements sum to 0
     for (int64_t r = 0; r < rows; ++r) sums[r].fill(0.0);
