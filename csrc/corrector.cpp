@@ -20,12 +20,20 @@
 namespace fastscore {
 namespace {
 
+// Batch means add the row norms in fixed blocks of rows (add_pairs' lanes), the blocks in order.
+constexpr int64_t kRowsPerBlock = 1024;
+struct alignas(64) BlockLanes {
+  double v[2 * kLanes] = {};
+};
+
 // Per-row norms of the score and of z (the stream, or an explicit noise array): sums of
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
 // taken in the same parallel task. keep (or null): where the stream's z is also written.
+// blocks (or null): each block's lanes of the norms, added in the tasks, which then hold whole
+// blocks — the norms never travel to another thread's cache.
 template <typename scalar_t, typename noise_t>
 RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep, const HostStream& st,
-                     int64_t rows, int64_t per_row) {
+                     int64_t rows, int64_t per_row, BlockLanes* blocks) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
@@ -45,8 +53,16 @@ RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<sc
     }
     f[1] = z;
   };
-  auto take_roots = [](std::array<double, 2>* row, int64_t n) { sqrt_in_place(&row[0][0], 2 * n); };
-  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, take_roots);
+  auto finish = [&](std::array<double, 2>* row, int64_t r0, int64_t n) {
+    sqrt_in_place(&row[0][0], 2 * n);
+    if (blocks == nullptr) return;
+    for (int64_t r = r0, end = r0 + n; r < end;) {  // the run's pieces in each block
+      const int64_t piece = std::min(end, (r / kRowsPerBlock + 1) * kRowsPerBlock) - r;
+      add_pairs(&row[r - r0][0], r, piece, blocks[r / kRowsPerBlock].v);
+      r += piece;
+    }
+  };
+  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, blocks != nullptr ? kRowsPerBlock : 1);
 }
 
 // Batches of kKeepNoiseMin..kKeepNoiseMax elements keep pass 1's z for pass 2 (it is still
@@ -64,6 +80,11 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   UpdateTensors t = make_update_tensors(x, x_mean, x, {score}, noise);
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
+  // The rule: on the batch means of the norms (as score_sde and diffusers), or per row. The
+  // tasks add the blocks' lanes where there are blocks for every thread; else this thread does.
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  std::vector<BlockLanes> lanes(per_sample ? 0 : blocks);
+  const bool in_tasks = !per_sample && blocks >= at::get_num_threads();
   RowSums<2> norms;  // per row: |score|, |z|
   at::Tensor kept;  // z of pass 1, for pass 2 (small batches)
   if (!t.noise.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
@@ -73,26 +94,20 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
     opmath_t* keep = kept.defined() ? kept.data_ptr<opmath_t>() : nullptr;
-    norms = t.noise.defined() ? row_norms(sp, t.noise.data_ptr<opmath_t>(), keep, st, rows, per_row)
-                              : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row);
+    BlockLanes* task_lanes = in_tasks ? lanes.data() : nullptr;
+    norms = t.noise.defined() ? row_norms(sp, t.noise.data_ptr<opmath_t>(), keep, st, rows, per_row, task_lanes)
+                              : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row, task_lanes);
   });
   if (kept.defined()) t.noise = kept;  // pass 2 reads the same z
-  // The rule: on the batch means of the norms (as score_sde and diffusers), or per row.
   double gm = 0.0, nm = 0.0;
-  if (!per_sample) {  // batch means of the row norms: fixed blocks of rows, added in order
-    constexpr int64_t kRowsPerBlock = 1024;
-    const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
-    std::vector<double> part(2 * blocks);
-    // A block is ~1 µs of additions: threads only for batches of many blocks.
-    at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * kRowsPerBlock;
-        sum_pairs(&norms[r0][0], std::min(kRowsPerBlock, rows - r0), &part[2 * b]);
-      }
-    });
+  if (!per_sample) {
     for (int64_t b = 0; b < blocks; ++b) {
-      gm += part[2 * b];
-      nm += part[2 * b + 1];
+      const int64_t r0 = b * kRowsPerBlock;
+      if (!in_tasks) add_pairs(&norms[r0][0], r0, std::min(kRowsPerBlock, rows - r0), lanes[b].v);
+      double total[2];
+      pair_totals(lanes[b].v, total);
+      gm += total[0];
+      nm += total[1];
     }
     gm /= static_cast<double>(rows);
     nm /= static_cast<double>(rows);

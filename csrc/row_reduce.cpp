@@ -62,19 +62,24 @@ void sqrt_in_place(double* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) v[i] = __builtin_sqrt(v[i]);
 }
 
-// Pairs laid end to end: v[2 r + k] goes to lane 2 (r % kLanes) + k, which is lane r % kLanes
-// of sum k — the same additions in the same order as one strided sum per k, but contiguous
-// (whole vectors, no gathers).
+// Pairs laid end to end: v[2 r + k] goes to lane 2 ((first + r) % kLanes) + k — lane
+// (first + r) % kLanes of sum k, as one strided sum per k would add it, but contiguous (whole
+// vectors, no gathers) once the run reaches a multiple of kLanes.
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void sum_pairs(const double* v, int64_t n, double* total) {
-  double lanes[2 * kLanes] = {};
+void add_pairs(const double* v, int64_t first, int64_t n, double* lanes) {
   int64_t r = 0;
+  for (; r < n && (first + r) % kLanes != 0; ++r) {
+    for (int k = 0; k < 2; ++k) lanes[2 * ((first + r) % kLanes) + k] += v[2 * r + k];
+  }
   for (; r + kLanes <= n; r += kLanes) {
     for (int l = 0; l < 2 * kLanes; ++l) lanes[l] += v[2 * r + l];
   }
   for (; r < n; ++r) {
-    for (int k = 0; k < 2; ++k) lanes[2 * (r % kLanes) + k] += v[2 * r + k];
+    for (int k = 0; k < 2; ++k) lanes[2 * ((first + r) % kLanes) + k] += v[2 * r + k];
   }
+}
+
+void pair_totals(const double* lanes, double* total) {
   for (int k = 0; k < 2; ++k) {
     double t = 0.0;
     for (int l = 0; l < kLanes; ++l) t += lanes[2 * l + k];

@@ -41,9 +41,11 @@ void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_r
 // v[i] = sqrt(v[i]) for i < n (correctly rounded, as std::sqrt).
 void sqrt_in_place(double* v, int64_t n);
 
-// total[k] = sum_r v[2 r + k] for r < n, k < 2: each in kLanes fixed lanes (r % kLanes), then
-// the lanes in order.
-void sum_pairs(const double* v, int64_t n, double* total);
+// Sums of pairs (v[2 r], v[2 r + 1]) in 2 kLanes fixed lanes: pair r of a run starting at pair
+// index first goes to lanes 2 ((first + r) % kLanes) + k, k < 2, added in r order — so a sum
+// split into runs at any points gives the bits of one run. pair_totals adds the lanes in order.
+void add_pairs(const double* v, int64_t first, int64_t n, double* lanes);
+void pair_totals(const double* lanes, double* total);
 
 // Zero-pads buf[n, round_up(n, kLanes)) and returns that rounded length.
 template <typename T>
@@ -99,26 +101,30 @@ class RowSums {
 // Leaves the rows' sums as they are.
 struct KeepSums {
   template <typename Row>
-  void operator()(Row*, int64_t) const {}
+  void operator()(Row*, int64_t, int64_t) const {}
 };
 
 // sums[r][k] for rows r. stage(c0, n, buf, f) points f[j] at factor j of flat elements
 // [c0, c0 + n) (n <= kChunk): at the data itself where it is already in the compute type,
 // or at buf[j] after filling it. [c0, c0 + n) is part of one row, or whole rows (short rows).
-// finish(&sums[r], n) runs once on every finished row, n rows at a time, in the parallel
-// task where short rows are summed (the corrector takes its square roots there).
+// finish(&sums[r], r, n) runs once on every finished row, n rows at a time, in the parallel
+// task where short rows are summed (the corrector takes its square roots there); short rows
+// are split between tasks only at multiples of task_rows rows (fixed blocks a finish may sum).
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
 RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs, StageFn&& stage,
-                       FinishFn&& finish = {}) {
+                       FinishFn&& finish = {}, int64_t task_rows = 1) {
   RowSums<NSUM> sums(rows);
   if (rows == 0 || per_row == 0) {  // rows of no elements sum to 0
     for (int64_t r = 0; r < rows; ++r) sums[r].fill(0.0);
+    finish(sums.data(), 0, rows);
     return sums;
   }
   if (per_row <= kShortRow) {  // whole rows per chunk, folded one row at a time
     const int64_t rows_per_chunk = kChunk / per_row;
-    const int64_t grain = std::max<int64_t>(1, kShortRowGrain / per_row);
-    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    const int64_t units = (rows + task_rows - 1) / task_rows;
+    const int64_t grain = std::max<int64_t>(1, kShortRowGrain / per_row / task_rows);
+    at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
+      const int64_t r0 = u0 * task_rows, r1 = std::min(rows, u1 * task_rows);
       alignas(64) T buf[NF][kChunk];
       const T* f[NF];
       for (int64_t r = r0; r < r1; r += rows_per_chunk) {
@@ -144,7 +150,7 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
             sums[r + q][k] = total;
           }
         }
-        finish(&sums[r], nr);
+        finish(&sums[r], r, nr);
       }
     });
     return sums;
@@ -188,7 +194,7 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
       for (int s = 0; s < NSUM; ++s) sums[r][s] += partial[r * blocks_per_row + k][s];
     }
   }
-  finish(sums.data(), rows);
+  finish(sums.data(), 0, rows);
   return sums;
 }
 
