@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu_update.h"
+#include "exact_sqrt.h"
 #include "plain.h"
 #include "row_reduce.h"
 

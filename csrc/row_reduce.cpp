@@ -57,11 +57,6 @@ void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_r
   fold_short_rows_impl(a, b, nr, per_row, out, stride);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void sqrt_in_place(double* v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) v[i] = __builtin_sqrt(v[i]);
-}
-
 // Pairs laid end to end: v[2 r + k] goes to lane 2 ((first + r) % kLanes) + k — lane
 // (first + r) % kLanes of sum k, as one strided sum per k would add it, but contiguous (whole
 // vectors, no gathers) once the run reaches a multiple of kLanes.

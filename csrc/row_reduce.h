@@ -38,9 +38,6 @@ void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
 void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 
-// v[i] = sqrt(v[i]) for i < n (correctly rounded, as std::sqrt).
-void sqrt_in_place(double* v, int64_t n);
-
 // Sums of pairs (v[2 r], v[2 r + 1]) in 2 kLanes fixed lanes: pair r of a run starting at pair
 // index first goes to lanes 2 ((first + r) % kLanes) + k, k < 2, added in r order — so a sum
 // split into runs at any points gives the bits of one run. pair_totals adds the lanes in order.

@@ -1,15 +1,15 @@
 // The public stream API (cpu_stream_simd.h): range logic and the run-time kernel choice.
 //
-// The kernel set is chosen once, on first use, from __builtin_cpu_supports (which also
-// checks that the OS saves the AVX / AVX-512 register state), optionally lowered by
-// FASTSCORE_CPU_KERNEL. Before a SIMD set is accepted it must reproduce the scalar
-// definition on a few hundred counters (including a partial vector block); a build that
-// broke bit-exactness (say, without -ffp-contract=off somewhere) falls back instead of
-// producing a different stream. That self-test costs a few microseconds, once.
+// The kernel set is chosen once, on first use, from cpu_simd_level() (cpu_features.h: the
+// CPU's features, optionally lowered by FASTSCORE_CPU_KERNEL). Before a SIMD set is
+// accepted it must reproduce the scalar definition on a few hundred counters (including a
+// partial vector block); a build that broke bit-exactness (say, without -ffp-contract=off
+// somewhere) falls back instead of producing a different stream. That self-test costs a few microseconds, once.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu_features.h"
 #include "cpu_stream_simd.h"
 #include "stream_kernels.h"
 
@@ -112,20 +112,7 @@ bool agrees_with_scalar(const Kernels& ks) {
 }
 
 Kernels choose() {
-  __builtin_cpu_init();
-  // 0 = scalar, 1 = avx2, 2 = avx512: what the CPU (and OS) can run.
-  int level = 0;
-  if (__builtin_cpu_supports("avx2")) level = 1;
-  if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-    level = 2;
-  if (const char* env = std::getenv("FASTSCORE_CPU_KERNEL")) {
-    int want = level;
-    if (std::strcmp(env, "scalar") == 0) want = 0;
-    if (std::strcmp(env, "avx2") == 0) want = 1;
-    if (std::strcmp(env, "avx512") == 0) want = 2;
-    if (want < level) level = want;
-  }
+  const int level = cpu_simd_level();
   if (level >= 2) {
     const Kernels ks = avx512_kernels();
     if (agrees_with_scalar(ks)) return ks;

@@ -138,6 +138,24 @@ FORBIDDEN = {
 }
 
 
+CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
+
+
+def run_cpp_test(test: str, sources, tmp_path, *args: str, timeout: int = 900) -> str:
+    """Builds tests/cpu/<test>.cpp with csrc/<sources> (the extension's flags, no torch) and
+    runs it; returns its stdout after asserting it exited 0 and printed "PASS: 0 mismatching"."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ not found")
+    csrc, exe = ROOT / "csrc", tmp_path / test
+    build = subprocess.run([cxx, *CXX_FLAGS, f"-I{csrc}", str(ROOT / "tests" / "cpu" / f"{test}.cpp"),
+                            *(str(csrc / f) for f in sources), "-o", str(exe)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0 and "PASS: 0 mismatching values" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    return run.stdout
+
+
 def forbidden_in(ptx: str) -> dict[str, list[str]]:
     hits = {}
     for what, pattern in FORBIDDEN.items():

@@ -21,27 +21,18 @@ import sys
 import pytest
 
 from fastscore import backends
-from support import ROOT
+from support import run_cpp_test
 
 needs_ext = pytest.mark.skipif(not backends.HAS_EXTENSION, reason="fastscore._C not built")
-CXX = shutil.which("g++")
 
 
-@pytest.mark.skipif(CXX is None, reason="g++ not found")
 def test_every_kernel_path_matches_the_definition(tmp_path):
-    csrc = ROOT / "csrc"
-    sources = [csrc / f for f in ("stream_dispatch.cpp", "stream_scalar.cpp", "stream_avx2.cpp", "stream_avx512.cpp")]
-    exe = tmp_path / "test_stream"
-    flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-pthread"]
-    build = subprocess.run([CXX, *flags, f"-I{csrc}", str(ROOT / "tests" / "cpu" / "test_stream.cpp"),
-                            *map(str, sources), "-o", str(exe)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0 and "PASS: 0 mismatching values" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
-    paths = re.search(r"paths tested: (.*)", run.stdout).group(1).split()
+    sources = ("stream_dispatch.cpp", "stream_scalar.cpp", "stream_avx2.cpp", "stream_avx512.cpp")
+    stdout = run_cpp_test("test_stream", sources, tmp_path)
+    paths = re.search(r"paths tested: (.*)", stdout).group(1).split()
     assert "scalar" in paths and len(paths) >= 2, paths  # the definition and at least one SIMD path
     for path in paths:  # >= 10^8 values of each kind per path
-        counts = re.search(rf"\[{path}\] normals (\d+), words (\d+), signs (\d+)", run.stdout).groups()
+        counts = re.search(rf"\[{path}\] normals (\d+), words (\d+), signs (\d+)", stdout).groups()
         assert all(int(c) >= 10**8 for c in counts), (path, counts)
 
 
