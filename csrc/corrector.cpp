@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -29,12 +30,12 @@ struct alignas(64) BlockLanes {
 
 // Per-row norms of the score and of z (the stream, or an explicit noise array): sums of
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
-// taken in the same parallel task. keep (or null): where the stream's z is also written.
-// blocks (or null): each block's lanes of the norms, added in the tasks, which then hold whole
-// blocks — the norms never travel to another thread's cache.
-template <typename scalar_t, typename noise_t>
+// taken in the same parallel task, then rows_done(&norms[r0], r0, n) there on each run of
+// finished rows; rows are split between tasks only at multiples of task_rows. keep (or
+// null): where the stream's z is also written.
+template <typename scalar_t, typename noise_t, typename RowsDone>
 RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep, const HostStream& st,
-                     int64_t rows, int64_t per_row, BlockLanes* blocks) {
+                     int64_t rows, int64_t per_row, RowsDone&& rows_done, int64_t task_rows) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
@@ -56,14 +57,9 @@ RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<sc
   };
   auto finish = [&](std::array<double, 2>* row, int64_t r0, int64_t n) {
     sqrt_in_place(&row[0][0], 2 * n);
-    if (blocks == nullptr) return;
-    for (int64_t r = r0, end = r0 + n; r < end;) {  // the run's pieces in each block
-      const int64_t piece = std::min(end, (r / kRowsPerBlock + 1) * kRowsPerBlock) - r;
-      add_pairs(&row[r - r0][0], r, piece, blocks[r / kRowsPerBlock].v);
-      r += piece;
-    }
+    rows_done(row, r0, n);
   };
-  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, blocks != nullptr ? kRowsPerBlock : 1);
+  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, task_rows);
 }
 
 // Batches of kKeepNoiseMin..kKeepNoiseMax elements keep pass 1's z for pass 2 (it is still
@@ -81,11 +77,37 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   UpdateTensors t = make_update_tensors(x, x_mean, x, {score}, noise);
   const auto geometry = row_geometry(x);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  // The rule: on the batch means of the norms (as score_sde and diffusers), or per row. The
-  // tasks add the blocks' lanes where there are blocks for every thread; else this thread does.
+  // The rule: on the batch means of the norms (as score_sde and diffusers), or per row.
+  // Batch means: the tasks add their blocks' lanes where there are blocks for every thread
+  // (else this thread does, after). Per row: the tasks also compute the rows' eps.
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   std::vector<BlockLanes> lanes(per_sample ? 0 : blocks);
   const bool in_tasks = !per_sample && blocks >= at::get_num_threads();
+  std::unique_ptr<double[]> step;  // per row: eps_r, then sqrt(2 eps_r) (every row written)
+  if (per_sample || alpha_c.per_row()) step.reset(new double[2 * rows]);
+  auto rows_done = [&](std::array<double, 2>* norm, int64_t r0, int64_t n) {
+    if (per_sample) {
+      constexpr int64_t kPiece = 256;
+      double alpha_r[kPiece];
+      for (int64_t q0 = 0; q0 < n; q0 += kPiece) {  // alpha read a piece at a time, the kind test outside
+        const int64_t m = std::min(kPiece, n - q0);
+        alpha_c.rows_to(r0 + q0, m, alpha_r);
+        for (int64_t q = 0; q < m; ++q) {
+          const double eps = corrector_eps(norm[q0 + q][0], norm[q0 + q][1], snr, alpha_r[q]);
+          step[r0 + q0 + q] = eps;
+          step[rows + r0 + q0 + q] = eps * 2.0;
+        }
+      }
+      sqrt_in_place(&step[rows + r0], n);
+    } else if (in_tasks) {
+      for (int64_t r = r0, end = r0 + n; r < end;) {  // the run's pieces in each block
+        const int64_t piece = std::min(end, (r / kRowsPerBlock + 1) * kRowsPerBlock) - r;
+        add_pairs(&norm[r - r0][0], r, piece, lanes[r / kRowsPerBlock].v);
+        r += piece;
+      }
+    }
+  };
+  const int64_t task_rows = in_tasks ? kRowsPerBlock : 1;
   RowSums<2> norms;  // per row: |score|, |z|
   at::Tensor kept;  // z of pass 1, for pass 2 (small batches)
   if (!t.noise.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
@@ -95,13 +117,16 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
     opmath_t* keep = kept.defined() ? kept.data_ptr<opmath_t>() : nullptr;
-    BlockLanes* task_lanes = in_tasks ? lanes.data() : nullptr;
-    norms = t.noise.defined() ? row_norms(sp, t.noise.data_ptr<opmath_t>(), keep, st, rows, per_row, task_lanes)
-                              : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row, task_lanes);
+    norms = t.noise.defined()
+                ? row_norms(sp, t.noise.data_ptr<opmath_t>(), keep, st, rows, per_row, rows_done, task_rows)
+                : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row, rows_done, task_rows);
   });
   if (kept.defined()) t.noise = kept;  // pass 2 reads the same z
-  double gm = 0.0, nm = 0.0;
-  if (!per_sample) {
+  UpdateCoefs u;
+  if (per_sample) {
+    u = corrector_update_coefs(step.get(), rows, x_mean.has_value());
+  } else {
+    double gm = 0.0, nm = 0.0;  // batch means: blocks in order
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kRowsPerBlock;
       if (!in_tasks) add_pairs(&norms[r0][0], r0, std::min(kRowsPerBlock, rows - r0), lanes[b].v);
@@ -112,25 +137,21 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
     }
     gm /= static_cast<double>(rows);
     nm /= static_cast<double>(rows);
-  }
-  UpdateCoefs u;
-  std::vector<double> step;  // per row: eps_r, then sqrt(2 eps_r)
-  if (!per_sample && !alpha_c.per_row()) {
-    // One eps for every row: plain scalars, so the update runs in one vectorised segment.
-    const double eps = corrector_eps(gm, nm, snr, alpha_c.at_row(0));
-    const double both[2] = {eps, std::sqrt(eps * 2.0)};
-    u = corrector_update_coefs(both, 1, x_mean.has_value());
-    for (int o = 0; o < u.n_out; ++o) u.slot[o][1] = value_coef(both[0]);
-    u.slot[0][2] = value_coef(both[1]);
-    u.per_row = false;
-  } else {
-    step.resize(2 * rows);
-    for (int64_t r = 0; r < rows; ++r) {
-      const double g = per_sample ? norms[r][0] : gm, n = per_sample ? norms[r][1] : nm;
-      step[r] = corrector_eps(g, n, snr, alpha_c.at_row(r));
-      step[rows + r] = std::sqrt(step[r] * 2.0);
+    if (!alpha_c.per_row()) {
+      // One eps for every row: plain scalars, so the update runs in one vectorised segment.
+      const double eps = corrector_eps(gm, nm, snr, alpha_c.at_row(0));
+      const double both[2] = {eps, std::sqrt(eps * 2.0)};
+      u = corrector_update_coefs(both, 1, x_mean.has_value());
+      for (int o = 0; o < u.n_out; ++o) u.slot[o][1] = value_coef(both[0]);
+      u.slot[0][2] = value_coef(both[1]);
+      u.per_row = false;
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        step[r] = corrector_eps(gm, nm, snr, alpha_c.at_row(r));
+        step[rows + r] = std::sqrt(step[r] * 2.0);
+      }
+      u = corrector_update_coefs(step.get(), rows, x_mean.has_value());
     }
-    u = corrector_update_coefs(step.data(), rows, x_mean.has_value());
   }
   update_cpu_run(t, u, st);
 }

@@ -27,7 +27,7 @@ namespace {
 
 __attribute__((target("avx512f"))) inline __m512d sqrt_rn(__m512d a) {
   const __m512d half = _mm512_set1_pd(0.5);
-  const __m512d y = _mm512_rsqrt14_pd(a);
+  const __m512d y = _mm512_maskz_rsqrt14_pd(0xFF, a);  // (maskz: GCC 12 warns on the plain form)
   __m512d g = _mm512_mul_pd(a, y), h = _mm512_mul_pd(half, y);
   const __m512d e = _mm512_fnmadd_pd(g, h, half);  // one Goldschmidt step: g h -> 1/2
   g = _mm512_fmadd_pd(g, e, g);
