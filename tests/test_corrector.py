@@ -11,7 +11,7 @@ import torch
 
 import fastscore
 from fastscore import ops, reference
-from support import FAST, assert_matches, seed_as, skip_unsupported
+from support import FAST, assert_bits_equal, assert_matches, seed_as, skip_unsupported
 
 SAMPLE_INPUTS = {  # the registered ops of the family, for tests/test_registration.py
     "langevin_corrector_": lambda t: [
@@ -88,11 +88,11 @@ def test_backends_match_reference(backend, dtype, shape, mode, alpha_kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(3001, 2), (4096, 16), (70001, 1)])
+@pytest.mark.parametrize("shape", [(500, 2), (3001, 2), (4096, 16), (70001, 1)])
 @pytest.mark.parametrize("mode", ["batch", "per_sample"])
 def test_cpp_short_rows_match_reference(shape, dtype, mode):
-    """Thousands of short rows (the C++ short-row reduction), with numel at, below and
-    above the sizes for which the C++ kernel keeps pass 1's noise for pass 2 (2**10..2**16)."""
+    """Thousands of short rows (the C++ short-row reduction), with numel below and inside
+    the sizes for which the C++ kernel keeps pass 1's noise for pass 2 (2**10..2**24)."""
     skip_unsupported("cpp", dtype)
     results = []
     for b in ("reference", "cpp"):
@@ -102,6 +102,20 @@ def test_cpp_short_rows_match_reference(shape, dtype, mode):
             ops.langevin_corrector_(x, s, 0.16, seed=2**63 + 5, offset=3, step_size_mode=mode, x_mean=mean)
         results.append(torch.stack([x, mean]))
     assert_matches(results[1], results[0])
+
+
+@pytest.mark.parametrize("shape", [(4097, 4096), (2**20 + 1, 16)])
+def test_cpp_batches_above_the_kept_noise_size_draw_the_same_z(shape):
+    """Above 2**24 elements the C++ kernel draws z again in pass 2 instead of keeping it:
+    the same result as passing that z explicitly (the stream itself is compared with the
+    reference in test_noise and test_cpu_rng; the reference is too slow at this size)."""
+    skip_unsupported("cpp")
+    x, s = inputs(shape, torch.float32, seed=3)
+    y = x.clone()
+    with fastscore.use_backend("cpp"):
+        ops.langevin_corrector_(x, s, 0.16, seed=2**64 - 3, offset=1)
+        ops.langevin_corrector_(y, s, 0.16, noise=ops.noise(shape, 2**64 - 3, 1))
+    assert_bits_equal(x, y)
 
 
 @pytest.mark.parametrize("backend", FAST)
