@@ -112,7 +112,7 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   };
   const int64_t task_rows = in_tasks ? kRowsPerBlock : 1;
   RowSums<2> norms;  // per row: |score|, |z|
-  at::Tensor kept;  // z of pass 1, for pass 2 (small batches)
+  at::Tensor kept;  // z of pass 1, for pass 2 (kKeepNoiseMin..kKeepNoiseMax elements)
   if (!t.noise.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
     kept = at::empty({x.numel()}, x.options().dtype(compute_type(x.scalar_type())));
   }
