@@ -4,9 +4,9 @@
 // CPU's features, optionally lowered by FASTSCORE_CPU_KERNEL). Before a SIMD set is
 // accepted it must reproduce the scalar definition on a few hundred counters (including a
 // partial vector block); a build that broke bit-exactness (say, without -ffp-contract=off
-// somewhere) falls back instead of producing a different stream. That self-test costs a few microseconds, once.
+// somewhere) falls back instead of producing a different stream. That self-test costs a
+// few microseconds, once.
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "cpu_features.h"
