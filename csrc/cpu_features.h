@@ -2,10 +2,12 @@
 // BW). From __builtin_cpu_supports (which also checks that the OS saves the AVX / AVX-512
 // register state), lowered (never raised) by FASTSCORE_CPU_KERNEL = avx512 | avx2 | scalar.
 // Callers keep the answer in a function-local static: the noise stream (stream_dispatch.cpp)
-// and the exact square root (exact_sqrt.cpp) choose from it once.
+// and the exact square root (exact_sqrt.cpp) choose from it once, the element loops of the
+// fused ops through with_simd (below).
 #pragma once
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace fastscore {
 
@@ -24,6 +26,53 @@ inline int cpu_simd_level() {
     if (want < level) level = want;
   }
   return level;
+}
+
+// cpu_simd_level(), read once.
+inline int simd_level() {
+  static const int level = cpu_simd_level();
+  return level;
+}
+
+// with_simd(body) runs body() compiled for the widest level simd_level() allows, so the
+// ops' element loops (built with the baseline's 4-wide SSE otherwise) run 16 or 8 floats
+// a step. body is a lambda marked FS_SIMD_BODY whose loop code is inline (always_inline
+// where it is more than a few lines): GCC inlines it into each wrapper below and compiles
+// it once per instruction set. Lanes are independent elements, so the width changes no
+// bit; no target has "fma", and setup.py's -ffp-contract=off keeps a * b + c two roundings
+// on AVX-512 too (tests/test_cpu_rng.py looks for fused multiply-adds in the extension).
+#define FS_SIMD_BODY __attribute__((always_inline))
+#define FS_SIMD_INLINE inline __attribute__((always_inline))
+
+namespace simd_detail {
+template <typename Body>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) void run_avx512(const Body& body) {
+  body();
+}
+template <typename Body>
+__attribute__((target("avx2"))) void run_avx2(const Body& body) {
+  body();
+}
+}  // namespace simd_detail
+
+template <typename Body>
+inline void with_simd(const Body& body) {
+  switch (simd_level()) {
+    case 2: simd_detail::run_avx512(body); return;
+    case 1: simd_detail::run_avx2(body); return;
+    default: body();
+  }
+}
+
+// with_simd for loops over float or double storage; other storage types (half, bfloat16:
+// their conversions are scalar code either way) run the baseline build only.
+template <typename T, typename Body>
+inline void with_simd_for(const Body& body) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    with_simd(body);
+  } else {
+    body();
+  }
 }
 
 }  // namespace fastscore

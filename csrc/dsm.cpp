@@ -12,6 +12,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
+#include "cpu_features.h"
 #include "cpu_noise.h"
 #include "plain.h"
 #include "row_reduce.h"
@@ -22,15 +25,25 @@ namespace {
 // 1/sigma of a row, in float64 (the reference's 1.0 / sigma), rounded by the caller.
 inline double inverse_sigma(const Coef& sigma, int64_t row) { return 1.0 / sigma.at_row(row); }
 
+// d[t] = s[t] + d[t] * inv for t < n: the residual, rounded as the reference's s + z / sigma
+// with 1/sigma rounded to the compute type first. Run through with_simd_for.
+template <typename scalar_t, typename opmath_t>
+FS_SIMD_INLINE void add_scaled_noise(const scalar_t* s, opmath_t inv, int64_t n, opmath_t* d) {
+  for (int64_t t = 0; t < n; ++t) d[t] = fs_add(static_cast<opmath_t>(s[t]), fs_mul(d[t], inv));
+}
+
 // Stages d = s + z * (1/sigma_row) for flat elements [c0, c0 + n) (n <= kNoiseChunk; one
 // row or many short rows): the stream (or the explicit noise) for the whole range at once.
 template <typename scalar_t, typename opmath_t>
 inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const HostStream& so, int64_t per_row,
                             const Coef& sigma, int64_t c0, int64_t n, opmath_t* d) {
+  const int64_t base = so.offset * per_row;
   if (noise != nullptr) {
     for (int64_t t = 0; t < n; ++t) d[t] = noise[c0 + t];
+  } else if constexpr (std::is_same_v<opmath_t, float>) {  // z straight into d
+    stream_normals(so.k0, so.k1, static_cast<uint64_t>(base + c0), n, d);
   } else {
-    for_each_noise_chunk(so, so.offset * per_row, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
+    for_each_noise_chunk(so, base, c0, c0 + n, [&](int64_t i, int64_t count, const float* z) {
       for (int64_t t = 0; t < count; ++t) d[i - c0 + t] = static_cast<opmath_t>(z[t]);
     });
   }
@@ -47,8 +60,14 @@ inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const Host
   }
   for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
     const opmath_t inv = static_cast<opmath_t>(inverse_sigma(sigma, row));
-    for (int64_t t = i - c0; t < i - c0 + m; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(d[t], inv));
+    with_simd_for<scalar_t>([&]() FS_SIMD_BODY { add_scaled_noise(s + i, inv, m, d + (i - c0)); });
   });
+}
+
+// out[t] = scale * d[t] for t < n, stored in the storage type. Run through with_simd_for.
+template <typename scalar_t, typename opmath_t>
+FS_SIMD_INLINE void scale_into(opmath_t scale, const opmath_t* d, int64_t n, scalar_t* out) {
+  for (int64_t t = 0; t < n; ++t) out[t] = static_cast<scalar_t>(fs_mul(scale, d[t]));
 }
 
 // The explicit noise tensor, checked and contiguous (undefined: the stream).
@@ -136,7 +155,7 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& score
         stage_residuals(sp, np, so, per_row, sig, c0, n, d);
         for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
           const opmath_t scale = static_cast<opmath_t>(gp[row] * w.at_row(row));
-          for (int64_t t = i - c0; t < i - c0 + m; ++t) out[c0 + t] = static_cast<scalar_t>(fs_mul(scale, d[t]));
+          with_simd_for<scalar_t>([&]() FS_SIMD_BODY { scale_into(scale, d + (i - c0), m, out + i); });
         });
       }
     });

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_features.h"
 #include "cpu_update.h"
 #include "plain.h"
 
@@ -29,9 +30,9 @@ struct UpdatePtrs {
 // The element loop of one row segment (coefficients constant over it). Compile-time
 // flags keep the branches out of the loop body so it vectorises; z is float (the
 // stream) or opmath_t (an explicit noise tensor). out may be x itself: each element is
-// read before it is written.
+// read before it is written. Run through with_simd (the SIMD width of this CPU).
 template <int K, bool kOut2, bool kNoise1, bool kNoise2, typename scalar_t, typename ZT>
-inline void update_segment(const UpdatePtrs<scalar_t>& p, int64_t i, int64_t n,
+FS_SIMD_INLINE void update_segment(const UpdatePtrs<scalar_t>& p, int64_t i, int64_t n,
                            const at::opmath_type<scalar_t> (&c)[2][kMaxSlots], const ZT* z) {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t c0[K + 2], c1[K + 2];
@@ -120,9 +121,9 @@ inline void spread_rows(const double* v, int64_t per_row, int64_t col0, int64_t 
 // Flat elements [i0, i0 + count) of short rows with per-row coefficients: each slot's
 // values spread over a piece of kPiece elements (one read per row, the kind test outside
 // the loop), then one loop over the piece with per-element coefficients — the same
-// operations in the same order as update_segment, so the same bits.
+// operations in the same order as update_segment, so the same bits. Run through with_simd.
 template <int K, bool kOut2, bool kNoise1, bool kNoise2, typename scalar_t, typename ZT>
-void update_short_rows(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, int64_t i0, int64_t count, const ZT* z) {
+FS_SIMD_INLINE void update_short_rows(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, int64_t i0, int64_t count, const ZT* z) {
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int64_t kPiece = 256;
   constexpr int kOuts = kOut2 ? 2 : 1;
@@ -174,34 +175,33 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
       for (int k = 0; k < K + 2; ++k) c[o][k] = static_cast<opmath_t>(u.slot[o][k].at_row(0));
     }
   }
-  if (u.per_row && p.per_row <= kShortUpdateRow) {
+  // z: float (the stream), opmath_t (an explicit noise array) or none (no noise term).
+  auto short_rows = [&](int64_t i0, int64_t count, const auto* z) {
+    with_simd_for<scalar_t>([&]() FS_SIMD_BODY {
+      update_short_rows<K, kOut2, kNoise1, kNoise2>(p, u, i0, count, z);
+    });
+  };
+  auto segments = [&](int64_t i0, int64_t count, const auto* z) {
+    for_each_row_segment(u, i0, count, p.per_row, c, [&](int64_t i, int64_t n) {
+      with_simd_for<scalar_t>([&]() FS_SIMD_BODY {
+        update_segment<K, kOut2, kNoise1, kNoise2>(p, i, n, c, z == nullptr ? z : z + (i - i0));
+      });
+    });
+  };
+  auto run = [&](auto&& part) {
     if constexpr (!(kNoise1 || kNoise2)) {
-      update_short_rows<K, kOut2, false, false, scalar_t, float>(p, u, begin, end - begin, nullptr);
+      part(begin, end - begin, static_cast<const float*>(nullptr));
     } else if (p.noise != nullptr) {
-      update_short_rows<K, kOut2, kNoise1, kNoise2>(p, u, begin, end - begin, p.noise + begin);
+      part(begin, end - begin, p.noise + begin);
     } else {
-      for_each_noise_chunk(s, s.offset * p.per_row, begin, end, [&](int64_t i0, int64_t count, const float* z) {
-        update_short_rows<K, kOut2, kNoise1, kNoise2>(p, u, i0, count, z);
-      });
+      for_each_noise_chunk(s, s.offset * p.per_row, begin, end,
+                           [&](int64_t i0, int64_t count, const float* z) { part(i0, count, z); });
     }
-    return;
-  }
-  if constexpr (!(kNoise1 || kNoise2)) {
-    for_each_row_segment(u, begin, end - begin, p.per_row, c, [&](int64_t i, int64_t n) {
-      update_segment<K, kOut2, false, false, scalar_t, float>(p, i, n, c, nullptr);
-    });
+  };
+  if (u.per_row && p.per_row <= kShortUpdateRow) {
+    run(short_rows);
   } else {
-    if (p.noise != nullptr) {
-      for_each_row_segment(u, begin, end - begin, p.per_row, c, [&](int64_t i, int64_t n) {
-        update_segment<K, kOut2, kNoise1, kNoise2>(p, i, n, c, p.noise + i);
-      });
-      return;
-    }
-    for_each_noise_chunk(s, s.offset * p.per_row, begin, end, [&](int64_t i0, int64_t count, const float* z) {
-      for_each_row_segment(u, i0, count, p.per_row, c, [&](int64_t i, int64_t n) {
-        update_segment<K, kOut2, kNoise1, kNoise2>(p, i, n, c, z + (i - i0));
-      });
-    });
+    run(segments);
   }
 }
 
