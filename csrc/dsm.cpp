@@ -47,15 +47,21 @@ inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const Host
       for (int64_t t = 0; t < count; ++t) d[i - c0 + t] = static_cast<opmath_t>(z[t]);
     });
   }
+  if (!sigma.per_row()) {  // one 1/sigma: one loop over the range
+    const opmath_t inv = static_cast<opmath_t>(inverse_sigma(sigma, 0));
+    with_simd_for<scalar_t>([&]() FS_SIMD_BODY { add_scaled_noise(s + c0, inv, n, d); });
+    return;
+  }
   if (per_row <= kShortRow && c0 % per_row == 0 && n % per_row == 0) {  // whole short rows: no call per row
     const int64_t r0 = c0 / per_row, nr = n / per_row;
     alignas(64) double inv[kChunk];
+    alignas(64) opmath_t e[kChunk];  // 1/sigma of each element's row
     sigma.rows_to(r0, nr, inv);
-    for (int64_t q = 0; q < nr; ++q) inv[q] = 1.0 / inv[q];
-    for (int64_t q = 0; q < nr; ++q) {
-      const opmath_t iv = static_cast<opmath_t>(inv[q]);
-      for (int64_t t = q * per_row; t < (q + 1) * per_row; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(d[t], iv));
-    }
+    with_simd_for<scalar_t>([&]() FS_SIMD_BODY {
+      for (int64_t q = 0; q < nr; ++q) inv[q] = 1.0 / inv[q];
+      spread_rows(inv, per_row, 0, n, e);
+      for (int64_t t = 0; t < n; ++t) d[t] = fs_add(static_cast<opmath_t>(s[c0 + t]), fs_mul(d[t], e[t]));
+    });
     return;
   }
   for_each_row_piece(c0, n, per_row, [&](int64_t row, int64_t i, int64_t m) {
@@ -133,16 +139,17 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& score
     if (per_row <= kShortRow) {  // whole short rows per chunk, as the forward stages them
       const int64_t rows_per_chunk = kChunk / per_row;
       at::parallel_for(0, rows, std::max<int64_t>(1, kShortRowGrain / per_row), [&](int64_t r0, int64_t r1) {
-        alignas(64) opmath_t d[kChunk];
+        alignas(64) opmath_t d[kChunk], e[kChunk];
         alignas(64) double scale[kChunk];
         for (int64_t r = r0; r < r1; r += rows_per_chunk) {
-          const int64_t nr = std::min(rows_per_chunk, r1 - r), c0 = r * per_row;
-          stage_residuals(sp, np, so, per_row, sig, c0, nr * per_row, d);
+          const int64_t nr = std::min(rows_per_chunk, r1 - r), c0 = r * per_row, n = nr * per_row;
+          stage_residuals(sp, np, so, per_row, sig, c0, n, d);
           w.rows_to(r, nr, scale);
-          for (int64_t q = 0; q < nr; ++q) {
-            const opmath_t sc = static_cast<opmath_t>(gp[r + q] * scale[q]);
-            for (int64_t t = q * per_row; t < (q + 1) * per_row; ++t) out[c0 + t] = static_cast<scalar_t>(fs_mul(sc, d[t]));
-          }
+          with_simd_for<scalar_t>([&]() FS_SIMD_BODY {
+            for (int64_t q = 0; q < nr; ++q) scale[q] = gp[r + q] * scale[q];  // g_b w_b, rounded once below
+            spread_rows(scale, per_row, 0, n, e);
+            for (int64_t t = 0; t < n; ++t) out[c0 + t] = static_cast<scalar_t>(fs_mul(e[t], d[t]));
+          });
         }
       });
       return;

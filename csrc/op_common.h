@@ -90,8 +90,10 @@ struct Coef {
     } else if (kind == kF32) {
       const float* p = static_cast<const float*>(data) + r0 * stride;
       for (int64_t q = 0; q < n; ++q) out[q] = static_cast<double>(p[q * stride]);
+    } else if (kind == kValue) {
+      for (int64_t q = 0; q < n; ++q) out[q] = value;
     } else {
-      for (int64_t q = 0; q < n; ++q) out[q] = at_row(r0 + q);  // half types, values
+      for (int64_t q = 0; q < n; ++q) out[q] = at_row(r0 + q);  // half types
     }
   }
   bool per_row() const { return data != nullptr && stride != 0; }

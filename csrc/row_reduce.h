@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_features.h"
+
 namespace fastscore {
 
 constexpr int64_t kReduceBlock = 16384;  // elements per partial sum
@@ -63,6 +65,39 @@ inline void for_each_row_piece(int64_t c0, int64_t count, int64_t per_row, Fn&& 
     fn(row, i, n);
     i += n;
   }
+}
+
+// dst[t] = value of the row of element t, for t < n: rows of per_row elements, the first
+// starting at column col0. Rows of 1..4 elements with the width known, so the stores vectorise
+// (inside with_simd, at the CPU's width).
+template <int R, typename T>
+FS_SIMD_INLINE void spread_fixed(const double* v, int64_t nr, T* dst) {
+  for (int64_t q = 0; q < nr; ++q) {
+    for (int c = 0; c < R; ++c) dst[q * R + c] = static_cast<T>(v[q]);
+  }
+}
+
+template <typename T>
+FS_SIMD_INLINE void spread_rows(const double* v, int64_t per_row, int64_t col0, int64_t n, T* dst) {
+  int64_t t = 0, q = 0;
+  if (col0 != 0) {  // the rest of the first row
+    for (const int64_t m = std::min(n, per_row - col0); t < m; ++t) dst[t] = static_cast<T>(v[0]);
+    q = 1;
+  }
+  const int64_t full = (n - t) / per_row;
+  switch (per_row) {
+    case 1: spread_fixed<1>(v + q, full, dst + t); break;
+    case 2: spread_fixed<2>(v + q, full, dst + t); break;
+    case 3: spread_fixed<3>(v + q, full, dst + t); break;
+    case 4: spread_fixed<4>(v + q, full, dst + t); break;
+    default:
+      for (int64_t r = 0; r < full; ++r) {
+        for (int64_t c = 0; c < per_row; ++c) dst[t + r * per_row + c] = static_cast<T>(v[q + r]);
+      }
+  }
+  t += full * per_row;
+  q += full;
+  for (; t < n; ++t) dst[t] = static_cast<T>(v[q]);  // a partial last row
 }
 
 // Values [v, v + n) in the compute type T: v itself when it already is, else converted into buf.
