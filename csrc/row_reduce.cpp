@@ -18,6 +18,31 @@ void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n) 
   }
 }
 
+// Two sums in one pass: twice accumulate_dot's independent add chains (its loop waits on
+// the adds' latency), each lane added in the same order, so the same bits. __restrict: the
+// lanes stay in registers.
+template <typename T>
+inline void accumulate_dot2_impl(const T* __restrict a0, const T* __restrict b0, double* __restrict lanes0,
+                                 const T* __restrict a1, const T* __restrict b1, double* __restrict lanes1,
+                                 int64_t n) {
+  for (int64_t g = 0; g < n; g += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes0[l] += static_cast<double>(a0[g + l]) * static_cast<double>(b0[g + l]);
+    for (int l = 0; l < kLanes; ++l) lanes1[l] += static_cast<double>(a1[g + l]) * static_cast<double>(b1[g + l]);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void accumulate_dot2(const float* a0, const float* b0, double* lanes0, const float* a1, const float* b1,
+                     double* lanes1, int64_t n) {
+  accumulate_dot2_impl(a0, b0, lanes0, a1, b1, lanes1, n);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const double* a1, const double* b1,
+                     double* lanes1, int64_t n) {
+  accumulate_dot2_impl(a0, b0, lanes0, a1, b1, lanes1, n);
+}
+
 // Rows of R <= kLanes elements: out[q * stride] = sum_t a[q R + t] * b[q R + t] in order
 // (each lane holds one product), for q < nr.
 template <typename T, int R>

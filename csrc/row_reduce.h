@@ -34,6 +34,11 @@ constexpr int64_t kShortRowGrain = 4096;  // elements per task over short rows (
 // zero-pads with zero_pad). Defined in row_reduce.cpp, multiversioned.
 void accumulate_dot(const float* a, const float* b, double* lanes, int64_t n);
 void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
+// Both lanes0 += a0 . b0 and lanes1 += a1 . b1 (as two accumulate_dot calls), in one pass.
+void accumulate_dot2(const float* a0, const float* b0, double* lanes0, const float* a1, const float* b1,
+                     double* lanes1, int64_t n);
+void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const double* a1, const double* b1,
+                     double* lanes1, int64_t n);
 
 // Rows of per_row <= kLanes elements: out[q * stride] = (((0 + a_0 b_0) + a_1 b_1) + ...) over
 // row q < nr of a and b (rows laid end to end): the lane order for such rows.
@@ -211,7 +216,12 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
           }
           padded = zero_pad(buf[j], n);
         }
-        for (int s = 0; s < NSUM; ++s) accumulate_dot(g[pairs[s].first], g[pairs[s].second], lanes[s], padded);
+        int s = 0;
+        for (; s + 2 <= NSUM; s += 2) {  // two sums per pass: twice the add chains in flight
+          accumulate_dot2(g[pairs[s].first], g[pairs[s].second], lanes[s], g[pairs[s + 1].first],
+                          g[pairs[s + 1].second], lanes[s + 1], padded);
+        }
+        if (s < NSUM) accumulate_dot(g[pairs[s].first], g[pairs[s].second], lanes[s], padded);
       }
       for (int s = 0; s < NSUM; ++s) {
         double total = 0.0;
