@@ -44,7 +44,7 @@ torch.set_num_threads(THREADS)
 if importlib.util.find_spec("fastscore") is None:
     sys.path.insert(0, str(BENCH_DIR.parent))
 
-OP_ORDER = ("langevin_step_", "step_", "update", "perturb", "noise", "langevin_corrector_")
+OP_ORDER = ("langevin_step_", "step_", "update", "perturb", "noise", "generator", "langevin_corrector_")
 SIZE_ORDER = ("4x2", "2x4096", "64x3x32x32", "16x3x256x256")
 PROVIDER_ORDER = ("cpp", "reference", "eager", "diffusers", "compile")
 SAMPLER_SUITES = ("samplers", "sampler_step")  # whole runs on an analytic score; per step, zero-cost score
@@ -255,6 +255,9 @@ def annotate(config) -> list:
             info["normals_per_s"] = info["normals"] / med
             info["normals_per_s_per_thread"] = info["normals"] / med / max(1, info.get("threads", THREADS))
         unit = _per_step(info, med)
+        gen = medians.get((info.get("suite"), "generator", info.get("size"), "cpp"))
+        if info.get("provider") == "cpp" and info.get("normals") and info.get("op") != "generator" and gen:
+            info["x_generator"] = unit / gen  # against the noise stream alone at this size, same run
         for base in ("eager", "compile", "peer"):
             ref = medians.get(_key(info) + (base,))
             info[f"speedup_vs_{base}"] = ref / unit if ref and unit > 0 else None
@@ -396,13 +399,13 @@ def format_table(benches, copy) -> list[str]:
             PROVIDER_ORDER.index(r["provider"]) if r["provider"] in PROVIDER_ORDER else 99,
         ))
         head = (f"{'op':<15} {'size':<13} {'provider':<10} {'median µs':>10} {'GB/s':>7} {'%copy':>6} "
-                f"{'Mnormals/s':>10} {'x-vs-eager':>10} {'x-vs-compile':>12} {'busy':>5}")
+                f"{'Mnormals/s':>10} {'x-vs-eager':>10} {'x-vs-compile':>12} {'t/gen':>7} {'busy':>5}")
         lines += _grouped_table(head, ops_rows, lambda r: (r["op"], r["size"]), lambda r: (
             f"{r['op']:<15} {r['size']:<13} {r['provider']:<10} {r['median_us']:>10.1f} "
             f"{_fmt(r.get('GBps'), '.2f'):>7} {_fmt(r.get('pct_copy'), '.1f'):>6} "
             f"{_fmt(r.get('normals_per_s') and r['normals_per_s'] / 1e6, '.0f'):>10} "
             f"{_fmt(r.get('speedup_vs_eager'), '.2f'):>10} {_fmt(r.get('speedup_vs_compile'), '.2f'):>12} "
-            f"{_busy(r)}"))
+            f"{_fmt(r.get('x_generator'), '.2f'):>7} {_busy(r)}"))
     if gen_rows:
         gen_rows.sort(key=lambda r: (r.get("threads", 0), r["provider"]))
         head = (f"{'generator':<34} {'threads':>7} {'median µs':>10} {'Mnormals/s':>10} "

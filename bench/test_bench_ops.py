@@ -184,3 +184,21 @@ def test_op(benchmark, run_timed, request, op, size, provider):
     )
     with torch.no_grad(), setup(op, size, provider) as fn:
         run_timed(fn)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_generator_at_size(benchmark, run_timed, size):
+    """The noise stream alone at each size, into a preallocated buffer (fastscore._C.fill_noise_,
+    the kernel the fused ops run): the summary's t/gen column divides each cpp row by it."""
+    if not backends.HAS_EXTENSION:
+        pytest.skip(f"fastscore._C is not built ({backends.EXTENSION_ERROR})")
+    n = math.prod(SIZES[size])
+    buf = torch.empty(n)
+    seeds = itertools.cycle([derive_seed(SEED, k) % (1 << 63) for k in range(4096)])
+    fill = backends._C.fill_noise_
+    benchmark.group = f"generator {size}"
+    benchmark.extra_info.update(
+        suite="ops", op="generator", size=size, provider="cpp", impl="fastscore._C.fill_noise_ (preallocated)",
+        shape=list(SIZES[size]), numel=n, bytes=4 * n, normals=n, threads=torch.get_num_threads(), dtype="float32",
+    )
+    run_timed(lambda: fill(buf, 0, None, next(seeds), None, 0))
