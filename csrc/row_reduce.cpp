@@ -1,28 +1,23 @@
-// The lane and row kernels of row_reduce.h, compiled for AVX-512, AVX2 and baseline
-// x86-64 (chosen at load): the 16 float64 lanes are two AVX-512 or four AVX2 vectors.
+// The lane and row kernels of row_reduce.h, built for AVX-512, AVX2 and baseline x86-64
+// and chosen by with_simd (cpu_features.h, as the ops' element loops): the 16 float64
+// lanes are two AVX-512 or four AVX2 vectors. __restrict: the lanes stay in registers.
 #include "row_reduce.h"
 
 namespace fastscore {
+namespace {
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void accumulate_dot(const float* a, const float* b, double* lanes, int64_t n) {
+template <typename T>
+FS_SIMD_INLINE void accumulate_dot_impl(const T* __restrict a, const T* __restrict b, double* __restrict lanes,
+                                        int64_t n) {
   for (int64_t g = 0; g < n; g += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(a[g + l]) * static_cast<double>(b[g + l]);
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n) {
-  for (int64_t g = 0; g < n; g += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += a[g + l] * b[g + l];
-  }
-}
-
 // Two sums in one pass: twice accumulate_dot's independent add chains (its loop waits on
-// the adds' latency), each lane added in the same order, so the same bits. __restrict: the
-// lanes stay in registers.
+// the adds' latency), each lane added in the same order, so the same bits.
 template <typename T>
-inline void accumulate_dot2_impl(const T* __restrict a0, const T* __restrict b0, double* __restrict lanes0,
+FS_SIMD_INLINE void accumulate_dot2_impl(const T* __restrict a0, const T* __restrict b0, double* __restrict lanes0,
                                  const T* __restrict a1, const T* __restrict b1, double* __restrict lanes1,
                                  int64_t n) {
   for (int64_t g = 0; g < n; g += kLanes) {
@@ -31,22 +26,10 @@ inline void accumulate_dot2_impl(const T* __restrict a0, const T* __restrict b0,
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void accumulate_dot2(const float* a0, const float* b0, double* lanes0, const float* a1, const float* b1,
-                     double* lanes1, int64_t n) {
-  accumulate_dot2_impl(a0, b0, lanes0, a1, b1, lanes1, n);
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const double* a1, const double* b1,
-                     double* lanes1, int64_t n) {
-  accumulate_dot2_impl(a0, b0, lanes0, a1, b1, lanes1, n);
-}
-
 // Rows of R <= kLanes elements: out[q * stride] = sum_t a[q R + t] * b[q R + t] in order
 // (each lane holds one product), for q < nr.
 template <typename T, int R>
-inline void fold_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
+FS_SIMD_INLINE void fold_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
   for (int64_t q = 0; q < nr; ++q) {
     double total = 0.0;
     for (int t = 0; t < R; ++t) total += static_cast<double>(a[q * R + t]) * static_cast<double>(b[q * R + t]);
@@ -55,7 +38,7 @@ inline void fold_rows(const T* a, const T* b, int64_t nr, double* out, int64_t s
 }
 
 template <typename T>
-inline void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+FS_SIMD_INLINE void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
   switch (per_row) {  // the shortest rows (2-D, 3-D batches) with unrolled row loops
     case 1: return fold_rows<T, 1>(a, b, nr, out, stride);
     case 2: return fold_rows<T, 2>(a, b, nr, out, stride);
@@ -72,21 +55,7 @@ inline void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
-  fold_short_rows_impl(a, b, nr, per_row, out, stride);
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
-  fold_short_rows_impl(a, b, nr, per_row, out, stride);
-}
-
-// Pairs laid end to end: v[2 r + k] goes to lane 2 ((first + r) % kLanes) + k — lane
-// (first + r) % kLanes of sum k, as one strided sum per k would add it, but contiguous (whole
-// vectors, no gathers) once the run reaches a multiple of kLanes.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void add_pairs(const double* v, int64_t first, int64_t n, double* lanes) {
+FS_SIMD_INLINE void add_pairs_impl(const double* v, int64_t first, int64_t n, double* lanes) {
   int64_t r = 0;
   for (; r < n && (first + r) % kLanes != 0; ++r) {
     for (int k = 0; k < 2; ++k) lanes[2 * ((first + r) % kLanes) + k] += v[2 * r + k];
@@ -97,6 +66,41 @@ void add_pairs(const double* v, int64_t first, int64_t n, double* lanes) {
   for (; r < n; ++r) {
     for (int k = 0; k < 2; ++k) lanes[2 * ((first + r) % kLanes) + k] += v[2 * r + k];
   }
+}
+
+}  // namespace
+
+void accumulate_dot(const float* a, const float* b, double* lanes, int64_t n) {
+  with_simd([&]() FS_SIMD_BODY { accumulate_dot_impl(a, b, lanes, n); });
+}
+
+void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n) {
+  with_simd([&]() FS_SIMD_BODY { accumulate_dot_impl(a, b, lanes, n); });
+}
+
+void accumulate_dot2(const float* a0, const float* b0, double* lanes0, const float* a1, const float* b1,
+                     double* lanes1, int64_t n) {
+  with_simd([&]() FS_SIMD_BODY { accumulate_dot2_impl(a0, b0, lanes0, a1, b1, lanes1, n); });
+}
+
+void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const double* a1, const double* b1,
+                     double* lanes1, int64_t n) {
+  with_simd([&]() FS_SIMD_BODY { accumulate_dot2_impl(a0, b0, lanes0, a1, b1, lanes1, n); });
+}
+
+void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out, stride); });
+}
+
+void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out, stride); });
+}
+
+// Pairs laid end to end: v[2 r + k] goes to lane 2 ((first + r) % kLanes) + k — lane
+// (first + r) % kLanes of sum k, as one strided sum per k would add it, but contiguous (whole
+// vectors, no gathers) once the run reaches a multiple of kLanes.
+void add_pairs(const double* v, int64_t first, int64_t n, double* lanes) {
+  with_simd([&]() FS_SIMD_BODY { add_pairs_impl(v, first, n, lanes); });
 }
 
 void pair_totals(const double* lanes, double* total) {
