@@ -34,6 +34,12 @@ inline int simd_level() {
   return level;
 }
 
+// What with_simd builds run: "avx512", "avx2" or "baseline" (python -m fastscore info).
+inline const char* simd_level_name() {
+  static const char* const names[] = {"baseline", "avx2", "avx512"};
+  return names[simd_level()];
+}
+
 // with_simd(body) runs body() compiled for the widest level simd_level() allows, so the
 // ops' element loops (built with the baseline's 4-wide SSE otherwise) run 16 or 8 floats
 // a step. body is a lambda marked FS_SIMD_BODY whose loop code is inline (always_inline

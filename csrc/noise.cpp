@@ -6,6 +6,7 @@
 
 #include <type_traits>
 
+#include "cpu_features.h"
 #include "cpu_noise.h"
 #include "plain.h"
 
@@ -70,5 +71,6 @@ FASTSCORE_PLAIN(fill_noise_, fill_noise_cpu, 0);
 FASTSCORE_PLAIN(fill_philox_, fill_philox_cpu, 0);
 FASTSCORE_PLAIN(derive_seeds, derive_seeds_cpu);
 FASTSCORE_PLAIN(cpu_kernel, stream_kernel_name);  // which generator the CPU runs (python -m fastscore info)
+FASTSCORE_PLAIN(cpu_loops, simd_level_name);     // which build of the element loops runs (with_simd)
 
 }  // namespace fastscore

@@ -27,8 +27,9 @@ def info() -> None:
     print(f"extension  fastscore._C: {'built' if backends.HAS_EXTENSION else 'missing: ' + str(backends.EXTENSION_ERROR)}")
     if backends.HAS_EXTENSION:
         print(f"           CPU kernels: yes (threads {torch.get_num_threads()}, CPU capability "
-              f"{torch.backends.cpu.get_cpu_capability()}); noise generator: {backends._C.cpu_kernel()} "
-              f"(FASTSCORE_CPU_KERNEL=avx512|avx2|scalar lowers it); CUDA kernels: {backends.extension_has_cuda()}")
+              f"{torch.backends.cpu.get_cpu_capability()}); noise generator: {backends._C.cpu_kernel()}, element "
+              f"loops: {backends._C.cpu_loops()} (FASTSCORE_CPU_KERNEL=avx512|avx2|scalar lowers both); "
+              f"CUDA kernels: {backends.extension_has_cuda()}")
     print(f"selected   {backends.get_backend()}")
     for device in ("cpu", "cuda"):
         try:

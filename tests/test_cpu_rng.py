@@ -42,6 +42,8 @@ import os, torch, fastscore
 from fastscore import ops, reference, backends
 from fastscore._common import seed_bits
 assert backends._C.cpu_kernel() == os.environ["FASTSCORE_CPU_KERNEL"], backends._C.cpu_kernel()
+loops = {"scalar": "baseline"}.get(os.environ["FASTSCORE_CPU_KERNEL"], os.environ["FASTSCORE_CPU_KERNEL"])
+assert backends._C.cpu_loops() == loops, backends._C.cpu_loops()  # with_simd follows the same choice
 def same(a, b, what):
     assert a.dtype == b.dtype and torch.equal(a.view(torch.int32) if a.dtype == torch.float32 else a,
                                               b.view(torch.int32) if b.dtype == torch.float32 else b), what
