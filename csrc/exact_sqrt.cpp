@@ -58,8 +58,11 @@ __attribute__((target("avx512f"))) void sqrt_in_place_avx512(double* v, int64_t 
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void sqrt_in_place_portable(double* v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) v[i] = __builtin_sqrt(v[i]);
+// vsqrtpd at the width with_simd picks (sqrtpd in the baseline build).
+void sqrt_in_place_portable(double* v, int64_t n) {
+  with_simd([&]() FS_SIMD_BODY {
+    for (int64_t i = 0; i < n; ++i) v[i] = __builtin_sqrt(v[i]);
+  });
 }
 
 void sqrt_in_place(double* v, int64_t n) {

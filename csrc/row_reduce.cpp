@@ -38,7 +38,8 @@ FS_SIMD_INLINE void fold_rows(const T* a, const T* b, int64_t nr, double* out, i
 }
 
 template <typename T>
-FS_SIMD_INLINE void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+FS_SIMD_INLINE void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out,
+                                         int64_t stride) {
   switch (per_row) {  // the shortest rows (2-D, 3-D batches) with unrolled row loops
     case 1: return fold_rows<T, 1>(a, b, nr, out, stride);
     case 2: return fold_rows<T, 2>(a, b, nr, out, stride);

@@ -34,7 +34,7 @@ struct UpdatePtrs {
 // read before it is written. Run through with_simd (the SIMD width of this CPU).
 template <int K, bool kOut2, bool kNoise1, bool kNoise2, typename scalar_t, typename ZT>
 FS_SIMD_INLINE void update_segment(const UpdatePtrs<scalar_t>& p, int64_t i, int64_t n,
-                           const at::opmath_type<scalar_t> (&c)[2][kMaxSlots], const ZT* z) {
+                                   const at::opmath_type<scalar_t> (&c)[2][kMaxSlots], const ZT* z) {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t c0[K + 2], c1[K + 2];
   for (int s = 0; s < K + 2; ++s) {
@@ -92,7 +92,8 @@ constexpr int64_t kShortUpdateRow = 16;
 // the loop), then one loop over the piece with per-element coefficients — the same
 // operations in the same order as update_segment, so the same bits. Run through with_simd.
 template <int K, bool kOut2, bool kNoise1, bool kNoise2, typename scalar_t, typename ZT>
-FS_SIMD_INLINE void update_short_rows(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, int64_t i0, int64_t count, const ZT* z) {
+FS_SIMD_INLINE void update_short_rows(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, int64_t i0, int64_t count,
+                                      const ZT* z) {
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int64_t kPiece = 256;
   constexpr int kOuts = kOut2 ? 2 : 1;
