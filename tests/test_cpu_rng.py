@@ -8,9 +8,10 @@ the scalar definition (philox.h), chosen at run time, all giving the stream's bi
   size (results independent of chunking);
 * each path, forced with FASTSCORE_CPU_KERNEL in a fresh process, reproduces the torch
   reference through the ops (normals, signs, words, step_, the corrector, dsm_loss);
-* no fused multiply-add in the object code of the noise symbols or the ops' SIMD element
-  loops (a path this CPU cannot run is still compiled into the extension, so this inspects
-  it too).
+* every path gives the same corrector and DSM bits on long rows (the row sums' lane kernels);
+* no fused multiply-add, but the two exact uses, in the object code of the noise symbols or
+  the ops' SIMD element loops (a path this CPU cannot run is still compiled into the
+  extension, so this inspects it too).
 """
 
 import os
@@ -69,25 +70,64 @@ print("ok")
 """
 
 
+def cpu_can_run(kernel: str) -> bool:
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    needs = {"avx512": ("avx512f", "avx512vl", "avx512dq", "avx512bw"), "avx2": ("avx2", "fma"), "scalar": ()}
+    return all(f in flags for f in needs[kernel])
+
+
+def run_forced(kernel: str, code: str) -> str:
+    env = {**os.environ, "FASTSCORE_CPU_KERNEL": kernel}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout.strip()
+
+
 @needs_ext
 @pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar"])
 def test_each_kernel_path_reproduces_the_reference(kernel):
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if kernel == "avx512" and not all(f in flags for f in ("avx512f", "avx512vl", "avx512dq", "avx512bw")):
-        pytest.skip("this CPU has no AVX-512 (F, VL, DQ, BW): the path is compiled and inspected only")
-    if kernel == "avx2" and "avx2" not in flags:
-        pytest.skip("this CPU has no AVX2")
-    env = {**os.environ, "FASTSCORE_CPU_KERNEL": kernel}
-    proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+    if not cpu_can_run(kernel):
+        pytest.skip(f"this CPU cannot run the {kernel} path: it is compiled and inspected only")
+    assert run_forced(kernel, CHECK).endswith("ok")
+
+
+LONG_ROWS = r"""
+import hashlib, torch
+from fastscore import ops
+g, h = torch.Generator().manual_seed(1), hashlib.sha256()
+def add(t):
+    h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+for shape in ((3, 5000), (2, 3, 40, 41), (1, 70001)):
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x, s = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
+        for mode in ("batch", "per_sample"):
+            c = x.clone()
+            add(ops.langevin_corrector_(c, s, 0.16, seed=3, offset=5, step_size_mode=mode))
+        add(ops.dsm_loss(s, 0.4, seed=9))
+        add(ops.dsm_loss(s, torch.linspace(0.2, 2.0, shape[0], dtype=dtype), seed=2**63 + 9))
+print(h.hexdigest())
+"""
+
+
+@needs_ext
+def test_kernel_paths_agree_bitwise_on_long_rows():
+    # Rows of more than 256 elements go through row_reduce.cpp's lane kernels (the float sums
+    # of squares with fma on AVX2 and AVX-512, the generic loop at the baseline): every path
+    # this CPU runs gives the corrector's and DSM's bits of the scalar path.
+    digests = {k: run_forced(k, LONG_ROWS) for k in ("scalar", "avx2", "avx512") if cpu_can_run(k)}
+    if len(digests) < 2:
+        pytest.skip("this CPU runs the scalar path only: nothing to compare")
+    assert len(set(digests.values())) == 1, digests
 
 
 @needs_ext
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not found")
 def test_no_fused_multiply_add_in_the_extension():
     # Every fastscore function: the noise kernels and the ops' element loops, whose AVX-512
-    # and AVX2 builds (cpu_features.h, with_simd) could contract a * b + c. The one allowed
-    # user is the exact square root, whose rounding decision needs an exact FMA residual.
+    # and AVX2 builds (cpu_features.h, with_simd) could contract a * b + c. Two users are
+    # allowed: the exact square root, whose rounding decision needs an exact FMA residual, and
+    # the float sums of squares (row_reduce.cpp: a widened float's square is exact, so the fma
+    # rounds where the add would).
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", backends._C.__file__], capture_output=True,
                          text=True, check=True).stdout
     noise_fn = re.compile(r"stream_detail|stream_normals|stream_words|stream_signs")
@@ -97,7 +137,7 @@ def test_no_fused_multiply_add_in_the_extension():
         m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if m:
             name = m.group(1)
-            keep = "fastscore" in name and "sqrt" not in name
+            keep = "fastscore" in name and "sqrt" not in name and "exact_squares" not in name
             continue
         if not keep:
             continue
