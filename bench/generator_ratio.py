@@ -6,7 +6,10 @@ suite's t/gen column divides rows timed minutes apart). Also the eager Langevin 
 
     python bench/generator_ratio.py [ROOT]          # ROOT: a checkout to import (A/B runs)
 
-2 threads, fp32, median of 25 alternations; prints op µs / generator µs = ratio per size.
+2 threads, fp32, median of 25 alternations; prints op µs / generator µs = ratio per size,
+and each op over max(generator, memory) — the issue's yardstick — where memory is the op's
+bytes per element (BYTES) at the streaming rate of this size and run: the update with its
+noise given (`langevin_step_(..., noise=z)`: reads x, score, z, writes x, 16 B/element).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from fastscore import backends, ops  # noqa: E402
 
 SIZES = ((4096, 2), (64, 3, 32, 32), (16, 3, 256, 256))
 ROUNDS = 25
+# fp32 bytes each op moves per element: reads and writes of x, score, kept noise.
+BYTES = {"langevin_step_": 12, "step_": 12, "perturb": 8, "corrector": 24, "dsm_loss": 4}
 
 
 def batch(fn, inner: int) -> float:
@@ -73,10 +78,14 @@ def main() -> int:
             "corrector": lambda: ops.langevin_corrector_(x, s, 0.16, seed=next(seeds)),
             "dsm_loss": lambda: ops.dsm_loss(s, 0.5, seed=next(seeds)),
         }
-        line = [f"{'x'.join(map(str, shape)):13s}"]
+        z = torch.randn(shape)
+        stream, _ = alternated(lambda: ops.langevin_step_(x, s, 1e-4, noise=z), generator, inner)
+        rate = 16 * n / stream  # bytes per second this run streams at this size
+        line = [f"{'x'.join(map(str, shape)):13s} stream {rate / 1e9:.0f} GB/s"]
         for name, fn in rows.items():
             a, b = alternated(fn, generator, inner)
-            line.append(f"{name} {a * 1e6:.1f}/{b * 1e6:.1f}={a / b:.2f}")
+            bound = max(b, BYTES[name] * n / rate)
+            line.append(f"{name} {a * 1e6:.1f}/{b * 1e6:.1f}={a / b:.2f} (/max(gen,mem) {a / bound:.2f})")
         e, f = alternated(lambda: x + 1e-4 * s + math.sqrt(2e-4) * torch.randn_like(x),
                           lambda: ops.langevin_step_(x, s, 1e-4, seed=next(seeds)), inner)
         line.append(f"eager/fused {e * 1e6:.0f}/{f * 1e6:.0f}={e / f:.1f}x")
