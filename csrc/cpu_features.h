@@ -1,6 +1,7 @@
-// Which SIMD level the CPU kernels may use: 0 = portable, 1 = AVX2 (with FMA, which only the
-// exact sums of squares of row_reduce.cpp use), 2 = AVX-512 (F, VL, DQ, BW). From __builtin_cpu_supports (which also checks that the OS saves the AVX / AVX-512
-// register state), lowered (never raised) by FASTSCORE_CPU_KERNEL = avx512 | avx2 | scalar.
+// Which SIMD level the CPU kernels may use: 0 = portable, 1 = AVX2 (with FMA, which only
+// row_reduce.cpp's exact sums of squares use), 2 = AVX-512 (F, VL, DQ, BW). From
+// __builtin_cpu_supports (which also checks that the OS saves the AVX / AVX-512 register
+// state), lowered (never raised) by FASTSCORE_CPU_KERNEL = avx512 | avx2 | scalar.
 // Callers keep the answer in a function-local static: the noise stream (stream_dispatch.cpp)
 // and the exact square root (exact_sqrt.cpp) choose from it once, the element loops of the
 // fused ops through with_simd (below).
