@@ -18,6 +18,7 @@ FS_SIMD_INLINE double product(const T* __restrict a, const T* __restrict b, int6
   return kSquare ? u * u : u * static_cast<double>(b[i]);
 }
 
+// lanes[l] += the products of elements g + l for g < n, n a multiple of kLanes.
 template <bool kSquare, typename T>
 FS_SIMD_INLINE void accumulate_dot_impl(const T* __restrict a, const T* __restrict b, double* __restrict lanes,
                                         int64_t n) {
@@ -38,10 +39,52 @@ FS_SIMD_INLINE void accumulate_dot2_impl(const T* __restrict a0, const T* __rest
   }
 }
 
+// Rows go in batches of kRowBatch: the lanes of every row of a batch, then the batch's totals
+// side by side (each row's lanes in lane order, so each total's bits are lane_total's): eight
+// independent add chains instead of one 16-add chain per row.
+constexpr int kRowBatch = 8;
+
+FS_SIMD_INLINE void batch_totals(const double (*lanes)[kLanes], int m, double* out, int64_t stride) {
+  double total[kRowBatch] = {};
+  for (int l = 0; l < kLanes; ++l) {
+    for (int j = 0; j < kRowBatch; ++j) total[j] += lanes[j][l];
+  }
+  for (int j = 0; j < m; ++j) out[j * stride] = total[j];
+}
+
+// Rows of per_row > kLanes elements laid end to end: out[q * stride] = row q's lanes
+// (accumulate_dot's order) added in lane order. Rows of whole groups take the lane kernel;
+// others add their last partial group element by element (GCC vectorises a group loop
+// followed by such a tail badly, splitting its lanes over odd widths).
+template <bool kSquare, typename T>
+FS_SIMD_INLINE void fold_lane_rows(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  if (per_row % kLanes == 0) {
+    alignas(64) double lanes[kRowBatch][kLanes] = {};
+    for (int64_t q0 = 0; q0 < nr; q0 += kRowBatch) {
+      const int m = static_cast<int>(std::min<int64_t>(kRowBatch, nr - q0));
+      for (int j = 0; j < m; ++j) {
+        const int64_t o = (q0 + j) * per_row;
+        for (int l = 0; l < kLanes; ++l) lanes[j][l] = 0.0;
+        accumulate_dot_impl<kSquare>(a + o, b + o, lanes[j], per_row);
+      }
+      batch_totals(lanes, m, out + q0 * stride, stride);
+    }
+    return;
+  }
+  for (int64_t q = 0; q < nr; ++q) {
+    const T* ar = a + q * per_row;
+    const T* br = b + q * per_row;
+    double lanes[kLanes];
+    for (int l = 0; l < kLanes; ++l) lanes[l] = product<kSquare>(ar, br, l);
+    for (int64_t t = kLanes; t < per_row; ++t) lanes[t % kLanes] += product<kSquare>(ar, br, t);
+    out[q * stride] = lane_total(lanes);
+  }
+}
+
 // Rows of R <= kLanes elements: out[q * stride] = sum_t a[q R + t] * b[q R + t] in order
 // (each lane holds one product), for q < nr.
 template <typename T, int R>
-FS_SIMD_INLINE void fold_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
+FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
   for (int64_t q = 0; q < nr; ++q) {
     double total = 0.0;
     for (int t = 0; t < R; ++t) total += static_cast<double>(a[q * R + t]) * static_cast<double>(b[q * R + t]);
@@ -53,10 +96,10 @@ template <typename T>
 FS_SIMD_INLINE void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out,
                                          int64_t stride) {
   switch (per_row) {  // the shortest rows (2-D, 3-D batches) with unrolled row loops
-    case 1: return fold_rows<T, 1>(a, b, nr, out, stride);
-    case 2: return fold_rows<T, 2>(a, b, nr, out, stride);
-    case 3: return fold_rows<T, 3>(a, b, nr, out, stride);
-    case 4: return fold_rows<T, 4>(a, b, nr, out, stride);
+    case 1: return fold_fixed_rows<T, 1>(a, b, nr, out, stride);
+    case 2: return fold_fixed_rows<T, 2>(a, b, nr, out, stride);
+    case 3: return fold_fixed_rows<T, 3>(a, b, nr, out, stride);
+    case 4: return fold_fixed_rows<T, 4>(a, b, nr, out, stride);
     default:
       for (int64_t q = 0; q < nr; ++q) {
         double total = 0.0;
@@ -87,20 +130,34 @@ FS_SIMD_INLINE void add_pairs_impl(const double* v, int64_t first, int64_t n, do
 // exactly where lane + u * u rounds — the same bits, a multiply fewer. On AVX-512 a widening
 // conversion takes two uops, so that multiply is a quarter of the loop: the corrector's two
 // sums run ~1.5x faster. These and the exact square root are the extension's only fma
-// (tests/test_cpu_rng.py). lanes[k][l] += a[k][g + l]^2 for g < n (a multiple of kLanes).
+// (tests/test_cpu_rng.py). lanes[k][l] += a[k][g + l]^2 for g + l < n.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: _mm512_cvtps_pd's _mm512_undefined_pd
+#define FS_AVX512_FMA __attribute__((target("avx512f,avx512vl")))
+#define FS_AVX2_FMA __attribute__((target("avx2,fma")))
+
 template <int NS>
-__attribute__((target("avx512f"))) void exact_squares_avx512(const float* const* a, double* const* lanes,
-                                                             int64_t n) {
+FS_AVX512_FMA inline __attribute__((always_inline)) void exact_squares_avx512_body(const float* const* a,
+                                                                                 double* const* lanes, int64_t n) {
   __m512d acc[NS][2];
   for (int k = 0; k < NS; ++k) {
     for (int h = 0; h < 2; ++h) acc[k][h] = _mm512_loadu_pd(lanes[k] + 8 * h);
   }
-  for (int64_t g = 0; g < n; g += kLanes) {
+  const int64_t whole = n / kLanes * kLanes;
+  for (int64_t g = 0; g < whole; g += kLanes) {
     for (int k = 0; k < NS; ++k) {
       for (int h = 0; h < 2; ++h) {
         const __m512d u = _mm512_cvtps_pd(_mm256_loadu_ps(a[k] + g + 8 * h));
+        acc[k][h] = _mm512_fmadd_pd(u, u, acc[k][h]);
+      }
+    }
+  }
+  if (whole < n) {  // a partial group: masked loads read only its elements, the rest are 0
+    const unsigned mask = (1u << (n - whole)) - 1;
+    for (int k = 0; k < NS; ++k) {
+      for (int h = 0; h < 2; ++h) {
+        const __mmask8 m = static_cast<__mmask8>(mask >> (8 * h));
+        const __m512d u = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, a[k] + whole + 8 * h));
         acc[k][h] = _mm512_fmadd_pd(u, u, acc[k][h]);
       }
     }
@@ -112,15 +169,27 @@ __attribute__((target("avx512f"))) void exact_squares_avx512(const float* const*
 #pragma GCC diagnostic pop
 
 template <int NS>
-__attribute__((target("avx2,fma"))) void exact_squares_avx2(const float* const* a, double* const* lanes, int64_t n) {
+FS_AVX2_FMA inline __attribute__((always_inline)) void exact_squares_avx2_body(const float* const* a,
+                                                                             double* const* lanes, int64_t n) {
   __m256d acc[NS][4];
   for (int k = 0; k < NS; ++k) {
     for (int h = 0; h < 4; ++h) acc[k][h] = _mm256_loadu_pd(lanes[k] + 4 * h);
   }
-  for (int64_t g = 0; g < n; g += kLanes) {
+  const int64_t whole = n / kLanes * kLanes;
+  for (int64_t g = 0; g < whole; g += kLanes) {
     for (int k = 0; k < NS; ++k) {
       for (int h = 0; h < 4; ++h) {
         const __m256d u = _mm256_cvtps_pd(_mm_loadu_ps(a[k] + g + 4 * h));
+        acc[k][h] = _mm256_fmadd_pd(u, u, acc[k][h]);
+      }
+    }
+  }
+  if (whole < n) {  // a partial group: masked loads (vmaskmovps) read only its elements, the rest are 0
+    const __m128i index = _mm_setr_epi32(0, 1, 2, 3);
+    for (int h = 0; h < 4; ++h) {
+      const __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(n - whole) - 4 * h), index);
+      for (int k = 0; k < NS; ++k) {
+        const __m256d u = _mm256_cvtps_pd(_mm_maskload_ps(a[k] + whole + 4 * h, m));
         acc[k][h] = _mm256_fmadd_pd(u, u, acc[k][h]);
       }
     }
@@ -130,6 +199,35 @@ __attribute__((target("avx2,fma"))) void exact_squares_avx2(const float* const* 
   }
 }
 
+template <int NS>
+FS_AVX512_FMA void exact_squares_avx512(const float* const* a, double* const* lanes, int64_t n) {
+  exact_squares_avx512_body<NS>(a, lanes, n);
+}
+template <int NS>
+FS_AVX2_FMA void exact_squares_avx2(const float* const* a, double* const* lanes, int64_t n) {
+  exact_squares_avx2_body<NS>(a, lanes, n);
+}
+
+// Rows of per_row elements laid end to end: out[q * stride] = row q's lanes (the kernel
+// above) added in lane order, batched as fold_lane_rows — one call for many short rows.
+#define FS_SQUARE_ROWS(isa, attr)                                                                          \
+  attr void exact_squares_rows_##isa(const float* a, int64_t nr, int64_t per_row, double* out, int64_t stride) { \
+    alignas(64) double lanes[kRowBatch][kLanes] = {};                                                     \
+    for (int64_t q0 = 0; q0 < nr; q0 += kRowBatch) {                                                      \
+      const int m = static_cast<int>(std::min<int64_t>(kRowBatch, nr - q0));                              \
+      for (int j = 0; j < m; ++j) {                                                                       \
+        const float* row[1] = {a + (q0 + j) * per_row};                                                   \
+        double* ls[1] = {lanes[j]};                                                                       \
+        for (int l = 0; l < kLanes; ++l) lanes[j][l] = 0.0;                                               \
+        exact_squares_##isa##_body<1>(row, ls, per_row);                                                  \
+      }                                                                                                   \
+      batch_totals(lanes, m, out + q0 * stride, stride);                                                  \
+    }                                                                                                     \
+  }
+FS_SQUARE_ROWS(avx512, FS_AVX512_FMA)
+FS_SQUARE_ROWS(avx2, FS_AVX2_FMA)
+#undef FS_SQUARE_ROWS
+
 // The fma kernel of this CPU's level (AVX2 implies FMA there: cpu_features.h); false at the
 // baseline level, whose generic loop then adds the squares.
 template <int NS>
@@ -137,6 +235,14 @@ bool exact_squares(const float* const* a, double* const* lanes, int64_t n) {
   switch (simd_level()) {
     case 2: exact_squares_avx512<NS>(a, lanes, n); return true;
     case 1: exact_squares_avx2<NS>(a, lanes, n); return true;
+    default: return false;
+  }
+}
+
+bool exact_squares_rows(const float* a, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  switch (simd_level()) {
+    case 2: exact_squares_rows_avx512(a, nr, per_row, out, stride); return true;
+    case 1: exact_squares_rows_avx2(a, nr, per_row, out, stride); return true;
     default: return false;
   }
 }
@@ -186,12 +292,30 @@ void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const d
   accumulate_dot2_any(a0, b0, lanes0, a1, b1, lanes1, n);
 }
 
-void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
-  with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out, stride); });
+namespace {
+
+template <typename T>
+void fold_rows_any(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  if (per_row <= kLanes) {
+    with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out, stride); });
+  } else if (a != b) {
+    with_simd([&]() FS_SIMD_BODY { fold_lane_rows<false>(a, b, nr, per_row, out, stride); });
+  } else {
+    if constexpr (std::is_same_v<T, float>) {
+      if (exact_squares_rows(a, nr, per_row, out, stride)) return;
+    }
+    with_simd([&]() FS_SIMD_BODY { fold_lane_rows<true>(a, a, nr, per_row, out, stride); });
+  }
 }
 
-void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
-  with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out, stride); });
+}  // namespace
+
+void fold_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  fold_rows_any(a, b, nr, per_row, out, stride);
+}
+
+void fold_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+  fold_rows_any(a, b, nr, per_row, out, stride);
 }
 
 // Pairs laid end to end: v[2 r + k] goes to lane 2 ((first + r) % kLanes) + k — lane

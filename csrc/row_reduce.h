@@ -41,10 +41,11 @@ void accumulate_dot2(const float* a0, const float* b0, double* lanes0, const flo
 void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const double* a1, const double* b1,
                      double* lanes1, int64_t n);
 
-// Rows of per_row <= kLanes elements: out[q * stride] = (((0 + a_0 b_0) + a_1 b_1) + ...) over
-// row q < nr of a and b (rows laid end to end): the lane order for such rows.
-void fold_short_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
-void fold_short_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
+// Rows q < nr of a and b (rows laid end to end, per_row <= kShortRow): out[q * stride] = the
+// row's accumulate_dot lanes added in lane order — (((0 + a_0 b_0) + a_1 b_1) + ...) for rows
+// of at most kLanes elements (one product per lane). Many rows per call: no per-row dispatch.
+void fold_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
+void fold_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
 
 // Sums of pairs (v[2 r], v[2 r + 1]) in 2 kLanes fixed lanes: pair r of a run starting at pair
 // index first goes to lanes 2 ((first + r) % kLanes) + k, k < 2, added in r order — so a sum
@@ -121,6 +122,13 @@ inline const T* in_compute_type(const V* v, int64_t n, T* buf) {
 template <int NSUM>
 using FactorPairs = std::array<std::pair<int, int>, NSUM>;
 
+// A sum's lanes added in lane order.
+inline double lane_total(const double* lanes) {
+  double total = 0.0;
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
 // Per-row sums, [rows][NSUM], not zero-filled: every path of row_sums writes every row (a
 // zero fill of 4096 rows costs more than a two-element-row reduction's arithmetic).
 template <int NSUM>
@@ -169,24 +177,7 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
         const int64_t nr = std::min(rows_per_chunk, r1 - r);
         stage(r * per_row, nr * per_row, buf, f);
         for (int k = 0; k < NSUM; ++k) {
-          const T* a = f[pairs[k].first];
-          const T* b = f[pairs[k].second];
-          if (per_row <= kLanes) {  // one element per lane: the lanes are the products, added in order
-            fold_short_rows(a, b, nr, per_row, &sums[r][k], NSUM);
-            continue;
-          }
-          for (int64_t q = 0; q < nr; ++q) {  // the general path's lane order, row by row
-            const T* ar = a + q * per_row;
-            const T* br = b + q * per_row;
-            double lanes[kLanes];
-            for (int l = 0; l < kLanes; ++l) lanes[l] = static_cast<double>(ar[l]) * static_cast<double>(br[l]);
-            for (int64_t t = kLanes; t < per_row; ++t) {
-              lanes[t % kLanes] += static_cast<double>(ar[t]) * static_cast<double>(br[t]);
-            }
-            double total = 0.0;
-            for (int l = 0; l < kLanes; ++l) total += lanes[l];
-            sums[r + q][k] = total;
-          }
+          fold_rows(f[pairs[k].first], f[pairs[k].second], nr, per_row, &sums[r][k], NSUM);
         }
         finish(&sums[r], r, nr);
       }
@@ -224,11 +215,7 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
         }
         if (s < NSUM) accumulate_dot(g[pairs[s].first], g[pairs[s].second], lanes[s], padded);
       }
-      for (int s = 0; s < NSUM; ++s) {
-        double total = 0.0;
-        for (int l = 0; l < kLanes; ++l) total += lanes[s][l];
-        partial[b][s] = total;
-      }
+      for (int s = 0; s < NSUM; ++s) partial[b][s] = lane_total(lanes[s]);
     }
   });
   for (int64_t r = 0; r < rows; ++r) {

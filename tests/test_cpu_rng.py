@@ -91,13 +91,13 @@ def test_each_kernel_path_reproduces_the_reference(kernel):
     assert run_forced(kernel, CHECK).endswith("ok")
 
 
-LONG_ROWS = r"""
+ROW_SUMS = r"""
 import hashlib, torch
 from fastscore import ops
 g, h = torch.Generator().manual_seed(1), hashlib.sha256()
 def add(t):
     h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-for shape in ((3, 5000), (2, 3, 40, 41), (1, 70001)):
+for shape in ((3, 5000), (2, 3, 40, 41), (1, 70001), (40, 3, 7, 9), (64, 40), (30, 192), (50, 17)):
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         x, s = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
         for mode in ("batch", "per_sample"):
@@ -105,16 +105,21 @@ for shape in ((3, 5000), (2, 3, 40, 41), (1, 70001)):
             add(ops.langevin_corrector_(c, s, 0.16, seed=3, offset=5, step_size_mode=mode))
         add(ops.dsm_loss(s, 0.4, seed=9))
         add(ops.dsm_loss(s, torch.linspace(0.2, 2.0, shape[0], dtype=dtype), seed=2**63 + 9))
+        jv = torch.randn((shape[0], 2) + shape[1:], generator=g).to(dtype)
+        v = torch.randn(jv.shape, generator=g).sign().to(dtype)
+        for vr in (False, True):
+            add(ops.sliced_score_terms(s, jv, v, vr))
 print(h.hexdigest())
 """
 
 
 @needs_ext
-def test_kernel_paths_agree_bitwise_on_long_rows():
-    # Rows of more than 256 elements go through row_reduce.cpp's lane kernels (the float sums
-    # of squares with fma on AVX2 and AVX-512, the generic loop at the baseline): every path
-    # this CPU runs gives the corrector's and DSM's bits of the scalar path.
-    digests = {k: run_forced(k, LONG_ROWS) for k in ("scalar", "avx2", "avx512") if cpu_can_run(k)}
+def test_kernel_paths_agree_bitwise_on_row_sums():
+    # Rows of more than 16 elements go through row_reduce.cpp's lane kernels (the float sums
+    # of squares with fma and masked partial groups on AVX2 and AVX-512, the generic loops
+    # elsewhere), rows of up to 256 many rows per call: every path this CPU runs gives the
+    # corrector's, DSM's and sliced score matching's bits of the scalar path.
+    digests = {k: run_forced(k, ROW_SUMS) for k in ("scalar", "avx2", "avx512") if cpu_can_run(k)}
     if len(digests) < 2:
         pytest.skip("this CPU runs the scalar path only: nothing to compare")
     assert len(set(digests.values())) == 1, digests
