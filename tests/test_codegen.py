@@ -6,8 +6,10 @@
 * the launch paths (kernels/*.py, fastscore/ops.py) never read device data on the host.
 """
 
+import os
 import pathlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -147,7 +149,22 @@ def test_triton_control_fusion_is_visible(ptx):
 # --------------------------------------------------------------------------- CUDA sources
 
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+# With setup.py's flags and with nvcc's defaults (fmad on).
+NVCC_FLAGS = {"setup-flags": ("--fmad=false", "-O3"), "nvcc-defaults": ("-O3",)}
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found: CUDA sources cannot be compiled here")
+
+
+@pytest.fixture(scope="module")
+def cuda_ptx(tmp_path_factory):
+    """Futures of the PTX text of every (source name, flags id), compiled side by side: one
+    nvcc run keeps one core busy for 10-20 s, so one after another they took ~150 s here.
+    A failed compile raises its nvcc error in the test that asks for that PTX."""
+    out = tmp_path_factory.mktemp("nvcc")
+    pool = ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))))
+    futures = {(src.name, fid): pool.submit(nvcc_ptx, src, out / f"{src.stem}-{fid}.ptx", *flags)
+               for fid, flags in NVCC_FLAGS.items() for src in CUDA_SOURCES}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def test_there_are_cuda_sources():
@@ -156,11 +173,11 @@ def test_there_are_cuda_sources():
 
 @needs_nvcc
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
-@pytest.mark.parametrize("flags", [("--fmad=false", "-O3"), ("-O3",)], ids=["setup-flags", "nvcc-defaults"])
-def test_cuda_source_compiles_to_exact_ptx(source, flags, tmp_path):
-    # With setup.py's flags and with nvcc's defaults (fmad on): every float op is an
-    # explicit round-to-nearest intrinsic, so even a build that allows contraction keeps the bits.
-    text = nvcc_ptx(source, tmp_path / (source.stem + ".ptx"), *flags)
+@pytest.mark.parametrize("flags", list(NVCC_FLAGS))
+def test_cuda_source_compiles_to_exact_ptx(source, flags, cuda_ptx):
+    # Every float op is an explicit round-to-nearest intrinsic, so even a build that allows
+    # contraction keeps the bits.
+    text = cuda_ptx[source.name, flags].result()
     assert ".entry" in text, "no kernel was generated"
     assert not forbidden_in(text), f"{source.name}: {forbidden_in(text)}"
     needed = ["mul.rn.f32", "add.rn.f32"]
