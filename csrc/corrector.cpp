@@ -5,6 +5,8 @@
 //   host:   eps = (snr * |z| / |s|)^2 * 2 * alpha (batch means or per row), the rule of
 //           op_common.h (reference.corrector_step_size's operation order);
 //   pass 2: the fused update with per-row (1, eps, sqrt(2 eps)) — the update kernel.
+// Per-sample step sizes need only their row's norms: there each parallel task updates its
+// rows right after summing them (one pass; the same bits).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -31,11 +33,11 @@ struct alignas(64) BlockLanes {
 // Per-row norms of the score and of z (the stream, or an explicit noise array): sums of
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
 // taken in the same parallel task, then rows_done(&norms[r0], r0, n) there on each run of
-// finished rows; rows are split between tasks only at multiples of task_rows. keep (or
-// null): where the stream's z is also written.
+// finished rows; rows are split between tasks only at multiples of task_rows, and long rows
+// not at all with whole_rows (row_sums). keep (or null): where the stream's z is also written.
 template <typename scalar_t, typename noise_t, typename RowsDone>
 RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep, const HostStream& st,
-                     int64_t rows, int64_t per_row, RowsDone&& rows_done, int64_t task_rows) {
+                     int64_t rows, int64_t per_row, RowsDone&& rows_done, int64_t task_rows, bool whole_rows) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
@@ -59,7 +61,7 @@ RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<sc
     sqrt_in_place(&row[0][0], 2 * n);
     rows_done(row, r0, n);
   };
-  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, task_rows);
+  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, task_rows, whole_rows);
 }
 
 // Batches of kKeepNoiseMin..kKeepNoiseMax elements keep pass 1's z for pass 2: writing and
@@ -69,6 +71,11 @@ RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<sc
 // allocation), and so do huge ones, whose buffer (up to 64 MB fp32, 128 MB fp64 here)
 // would be a surprise.
 constexpr int64_t kKeepNoiseMin = 1024, kKeepNoiseMax = 1 << 24;
+
+// The per-sample rule's one pass from this many elements on: 0.87-0.95x the two passes'
+// time at 2**17..2**22 elements (2 threads, AVX-512); below, the batch stays in cache
+// between the two passes anyway and the per-row update calls cost as much as they save.
+constexpr int64_t kOnePassMin = 1 << 17;
 
 void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mean, const at::Tensor& score,
                             double snr, double alpha, const c10::optional<at::Tensor>& alpha_t, bool per_sample,
@@ -85,9 +92,24 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   // (else this thread does, after). Per row: the tasks also compute the rows' eps.
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   std::vector<BlockLanes> lanes(per_sample ? 0 : blocks);
-  const bool in_tasks = !per_sample && blocks >= at::get_num_threads();
+  const int threads = at::get_num_threads();
+  const bool in_tasks = !per_sample && blocks >= threads;
+  // Per row, in one pass: each task updates its rows right after their norms, so the update
+  // reads z, score and x from cache, not memory — for batches beyond the caches, where the
+  // rows go to the tasks evenly (short rows always; long rows a whole row per task: a
+  // multiple of the threads, or many).
+  const bool one_pass = per_sample && x.numel() >= kOnePassMin &&
+                        (per_row <= kShortRow || rows % threads == 0 || rows >= 8 * threads);
   std::unique_ptr<double[]> step;  // per row: eps_r, then sqrt(2 eps_r) (every row written)
   if (per_sample || alpha_c.per_row()) step.reset(new double[2 * rows]);
+  const at::Tensor given = t.noise;  // an explicit noise tensor, or undefined (the stream)
+  at::Tensor kept;  // z of pass 1, for pass 2 (kKeepNoiseMin..kKeepNoiseMax elements)
+  if (!given.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
+    kept = at::empty({x.numel()}, x.options().dtype(compute_type(x.scalar_type())));
+    t.noise = kept;  // the update reads the same z
+  }
+  UpdateCoefs u;
+  if (per_sample) u = corrector_update_coefs(step.get(), rows, x_mean.has_value());
   auto rows_done = [&](std::array<double, 2>* norm, int64_t r0, int64_t n) {
     if (per_sample) {
       constexpr int64_t kPiece = 256;
@@ -102,6 +124,7 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
         }
       }
       sqrt_in_place(&step[rows + r0], n);
+      if (one_pass) update_cpu_range(t, u, st, r0 * per_row, (r0 + n) * per_row);
     } else if (in_tasks) {
       for (int64_t r = r0, end = r0 + n; r < end;) {  // the run's pieces in each block
         const int64_t piece = std::min(end, (r / kRowsPerBlock + 1) * kRowsPerBlock) - r;
@@ -112,23 +135,20 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   };
   const int64_t task_rows = in_tasks ? kRowsPerBlock : 1;
   RowSums<2> norms;  // per row: |score|, |z|
-  at::Tensor kept;  // z of pass 1, for pass 2 (kKeepNoiseMin..kKeepNoiseMax elements)
-  if (!t.noise.defined() && x.numel() >= kKeepNoiseMin && x.numel() <= kKeepNoiseMax) {
-    kept = at::empty({x.numel()}, x.options().dtype(compute_type(x.scalar_type())));
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
     opmath_t* keep = kept.defined() ? kept.data_ptr<opmath_t>() : nullptr;
-    norms = t.noise.defined()
-                ? row_norms(sp, t.noise.data_ptr<opmath_t>(), keep, st, rows, per_row, rows_done, task_rows)
-                : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row, rows_done, task_rows);
+    norms = given.defined() ? row_norms(sp, given.data_ptr<opmath_t>(), keep, st, rows, per_row, rows_done,
+                                        task_rows, one_pass)
+                            : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row,
+                                        rows_done, task_rows, one_pass);
   });
-  if (kept.defined()) t.noise = kept;  // pass 2 reads the same z
-  UpdateCoefs u;
-  if (per_sample) {
-    u = corrector_update_coefs(step.get(), rows, x_mean.has_value());
-  } else {
+  if (one_pass) {
+    t.finish();
+    return;
+  }
+  if (!per_sample) {
     double gm = 0.0, nm = 0.0;  // batch means: blocks in order
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kRowsPerBlock;

@@ -150,15 +150,49 @@ struct KeepSums {
   void operator()(Row*, int64_t, int64_t) const {}
 };
 
+// out[k] = sum k over flat elements [begin, end) (one row's block, at most kReduceBlock):
+// chunks folded into the lanes (whole groups: a partial one is zero-padded in buf), the
+// lanes added in order. The general path's unit; its bits do not depend on who calls it.
+template <int NSUM, int NF, typename T, typename StageFn>
+void block_sums(int64_t begin, int64_t end, const FactorPairs<NSUM>& pairs, StageFn& stage, T (*buf)[kChunk],
+                double* out) {
+  const T* f[NF];
+  alignas(64) double lanes[NSUM][kLanes] = {};
+  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, end - c0);
+    stage(c0, n, buf, f);
+    int64_t padded = 0;
+    const T* g[NF];
+    for (int j = 0; j < NF; ++j) {  // the lane kernel reads whole groups: pad a partial one with zeros
+      g[j] = f[j];
+      if (n % kLanes != 0) {
+        if (f[j] != buf[j]) std::copy(f[j], f[j] + n, buf[j]);
+        g[j] = buf[j];
+      }
+      padded = zero_pad(buf[j], n);
+    }
+    int s = 0;
+    for (; s + 2 <= NSUM; s += 2) {  // two sums per pass: twice the add chains in flight
+      accumulate_dot2(g[pairs[s].first], g[pairs[s].second], lanes[s], g[pairs[s + 1].first],
+                      g[pairs[s + 1].second], lanes[s + 1], padded);
+    }
+    if (s < NSUM) accumulate_dot(g[pairs[s].first], g[pairs[s].second], lanes[s], padded);
+  }
+  for (int s = 0; s < NSUM; ++s) out[s] = lane_total(lanes[s]);
+}
+
 // sums[r][k] for rows r. stage(c0, n, buf, f) points f[j] at factor j of flat elements
 // [c0, c0 + n) (n <= kChunk): at the data itself where it is already in the compute type,
 // or at buf[j] after filling it. [c0, c0 + n) is part of one row, or whole rows (short rows).
 // finish(&sums[r], r, n) runs once on every finished row, n rows at a time, in the parallel
 // task where short rows are summed (the corrector takes its square roots there); short rows
 // are split between tasks only at multiples of task_rows rows (fixed blocks a finish may sum).
+// Longer rows are split into blocks between tasks and finished after them all, or with
+// whole_rows, summed a row per task and finished in it (the per-sample corrector's update
+// then reads the row's z from cache). Every way gives the same bits.
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
 RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs, StageFn&& stage,
-                       FinishFn&& finish = {}, int64_t task_rows = 1) {
+                       FinishFn&& finish = {}, int64_t task_rows = 1, bool whole_rows = false) {
   RowSums<NSUM> sums(rows);
   if (rows == 0 || per_row == 0) {  // rows of no elements sum to 0
     for (int64_t r = 0; r < rows; ++r) sums[r].fill(0.0);
@@ -185,37 +219,33 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
     return sums;
   }
   const int64_t blocks_per_row = (per_row + kReduceBlock - 1) / kReduceBlock;
+  auto block_range = [&](int64_t row, int64_t k) {  // flat elements of block k of a row
+    const int64_t begin = row * per_row + k * kReduceBlock;
+    return std::make_pair(begin, std::min(row * per_row + per_row, begin + kReduceBlock));
+  };
+  if (whole_rows) {  // the blocks of a row in order, in one task: the bits of the split below
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      alignas(64) T buf[NF][kChunk];
+      for (int64_t r = r0; r < r1; ++r) {
+        sums[r].fill(0.0);
+        for (int64_t k = 0; k < blocks_per_row; ++k) {
+          double part[NSUM];
+          const auto [begin, end] = block_range(r, k);
+          block_sums<NSUM, NF>(begin, end, pairs, stage, buf, part);
+          for (int s = 0; s < NSUM; ++s) sums[r][s] += part[s];
+        }
+        finish(&sums[r], r, 1);
+      }
+    });
+    return sums;
+  }
   std::vector<std::array<double, NSUM>> partial(rows * blocks_per_row);
   const int64_t grain = std::max<int64_t>(1, kReduceGrain / std::min(per_row, kReduceBlock));
   at::parallel_for(0, rows * blocks_per_row, grain, [&](int64_t b0, int64_t b1) {
     alignas(64) T buf[NF][kChunk];
-    const T* f[NF];
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t row = b / blocks_per_row, k = b % blocks_per_row;
-      const int64_t begin = row * per_row + k * kReduceBlock;
-      const int64_t end = std::min(row * per_row + per_row, begin + kReduceBlock);
-      alignas(64) double lanes[NSUM][kLanes] = {};
-      for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
-        const int64_t n = std::min(kChunk, end - c0);
-        stage(c0, n, buf, f);
-        int64_t padded = 0;
-        const T* g[NF];
-        for (int j = 0; j < NF; ++j) {  // the lane kernel reads whole groups: pad a partial one with zeros
-          g[j] = f[j];
-          if (n % kLanes != 0) {
-            if (f[j] != buf[j]) std::copy(f[j], f[j] + n, buf[j]);
-            g[j] = buf[j];
-          }
-          padded = zero_pad(buf[j], n);
-        }
-        int s = 0;
-        for (; s + 2 <= NSUM; s += 2) {  // two sums per pass: twice the add chains in flight
-          accumulate_dot2(g[pairs[s].first], g[pairs[s].second], lanes[s], g[pairs[s + 1].first],
-                          g[pairs[s + 1].second], lanes[s + 1], padded);
-        }
-        if (s < NSUM) accumulate_dot(g[pairs[s].first], g[pairs[s].second], lanes[s], padded);
-      }
-      for (int s = 0; s < NSUM; ++s) partial[b][s] = lane_total(lanes[s]);
+      const auto [begin, end] = block_range(b / blocks_per_row, b % blocks_per_row);
+      block_sums<NSUM, NF>(begin, end, pairs, stage, buf, partial[b].data());
     }
   });
   for (int64_t r = 0; r < rows; ++r) {

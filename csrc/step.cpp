@@ -175,7 +175,9 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
   }
 }
 
-void update_cpu_dispatch(UpdateTensors& t, const UpdateCoefs& u, const HostStream& s) {
+// Elements [begin, end): split between parallel tasks, or all in the calling thread.
+void update_cpu_dispatch(UpdateTensors& t, const UpdateCoefs& u, const HostStream& s, int64_t begin, int64_t end,
+                         bool parallel) {
   const int64_t per_row = row_geometry(t.x).second;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.x.scalar_type(), "fastscore_update", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -191,10 +193,15 @@ void update_cpu_dispatch(UpdateTensors& t, const UpdateCoefs& u, const HostStrea
     with_terms(u.n_terms, [&](auto K) {
       with_bool(u.noise_term[0], [&](auto noise1) {
         auto launch = [&](auto out2, auto noise2) {
-          at::parallel_for(0, t.x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+          auto range = [&](int64_t b, int64_t e) {
             update_range<decltype(K)::value, decltype(out2)::value, decltype(noise1)::value,
-                         decltype(noise2)::value>(p, u, s, begin, end);
-          });
+                         decltype(noise2)::value>(p, u, s, b, e);
+          };
+          if (parallel) {
+            at::parallel_for(begin, end, kGrain, range);
+          } else {
+            range(begin, end);
+          }
         };
         if (out2_mode == 0) launch(std::false_type{}, std::false_type{});
         else if (out2_mode == 1) launch(std::true_type{}, std::false_type{});
@@ -207,8 +214,12 @@ void update_cpu_dispatch(UpdateTensors& t, const UpdateCoefs& u, const HostStrea
 }  // namespace
 
 void update_cpu_run(UpdateTensors& t, const UpdateCoefs& coefs, const HostStream& s) {
-  if (t.x.numel() != 0) update_cpu_dispatch(t, coefs, s);
+  if (t.x.numel() != 0) update_cpu_dispatch(t, coefs, s, 0, t.x.numel(), true);
   t.finish();
+}
+
+void update_cpu_range(UpdateTensors& t, const UpdateCoefs& coefs, const HostStream& s, int64_t begin, int64_t end) {
+  if (begin < end) update_cpu_dispatch(t, coefs, s, begin, end, false);
 }
 
 namespace {

@@ -541,7 +541,8 @@ def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mo
     (``step_size_mode="batch"``, as score_sde and diffusers) or per sample
     (``"per_sample"``); they are reduced in the same pass that draws z (float64 sums),
     and the second pass draws z again instead of storing it (the C++ CPU kernel keeps z
-    in a buffer for batches of 1024 to 2**24 elements: same values). ``alpha``: float, 0-d or
+    in a buffer for batches of 1024 to 2**24 elements, and with per-sample norms updates
+    each row right after its norms: same values). ``alpha``: float, 0-d or
     [B] tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
     Returns x."""
     _check_in_place("langevin_corrector_", x, score, noise, x_mean, "x_mean")

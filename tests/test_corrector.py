@@ -104,6 +104,34 @@ def test_cpp_short_rows_match_reference(shape, dtype, mode):
     assert_matches(results[1], results[0])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(70001, 2), (16, 3, 64, 64), (2, 70001), (3, 50000)])
+def test_cpp_per_sample_one_pass_matches_reference(shape, dtype, threads):
+    """Per-sample step sizes from 2**17 elements: the C++ kernel updates each row in the
+    task that summed it — short rows a chunk at a time, long rows a whole row per task
+    (rows of several reduction blocks; 3 rows on 2 threads keep the two passes) — with the
+    stream's z, an explicit z, x_mean, per-sample alpha and a transposed x."""
+    skip_unsupported("cpp", dtype)
+    alpha = torch.linspace(0.5, 1.5, shape[0], dtype=torch.float64)
+    z = ops.noise(shape, 11, 0, dtype=dtype).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for noise in (None, z):
+            results = []
+            for b in ("reference", "cpp"):
+                x, s = inputs(shape, dtype, seed=7, transposed=noise is not None)
+                mean = torch.empty_like(x)
+                with fastscore.use_backend(b):
+                    ops.langevin_corrector_(x, s, 0.16, seed=2**63 + 9, offset=2, alpha=alpha,
+                                            step_size_mode="per_sample", x_mean=mean, noise=noise)
+                results.append(torch.stack([x, mean]))
+            assert_matches(results[1], results[0], f"noise={'given' if noise is not None else 'stream'}")
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("shape", [(4097, 4096), (2**20 + 1, 16)])
 def test_cpp_batches_above_the_kept_noise_size_draw_the_same_z(shape):
     """Above 2**24 elements the C++ kernel draws z again in pass 2 instead of keeping it:
