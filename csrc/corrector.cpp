@@ -32,12 +32,12 @@ struct alignas(64) BlockLanes {
 
 // Per-row norms of the score and of z (the stream, or an explicit noise array): sums of
 // squares staged in the compute type and reduced in float64 (row_reduce.h), square roots
-// taken in the same parallel task, then rows_done(&norms[r0], r0, n) there on each run of
-// finished rows; rows are split between tasks only at multiples of task_rows, and long rows
-// not at all with whole_rows (row_sums). keep (or null): where the stream's z is also written.
+// taken in the same parallel task, then rows_done(norms, r0, n) there on each run of
+// finished rows; tasks: how rows go to the tasks (row_sums). keep (or null): where the
+// stream's z is also written.
 template <typename scalar_t, typename noise_t, typename RowsDone>
 RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<scalar_t>* keep, const HostStream& st,
-                     int64_t rows, int64_t per_row, RowsDone&& rows_done, int64_t task_rows, bool whole_rows) {
+                     int64_t rows, int64_t per_row, RowsDone&& rows_done, RowTasks tasks) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t base = st.offset * per_row;
   const FactorPairs<2> squares = {{{0, 0}, {1, 1}}};  // |s|^2, |z|^2
@@ -61,7 +61,7 @@ RowSums<2> row_norms(const scalar_t* s, const noise_t* noise, at::opmath_type<sc
     sqrt_in_place(&row[0][0], 2 * n);
     rows_done(row, r0, n);
   };
-  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, task_rows, whole_rows);
+  return row_sums<2, 2, opmath_t>(rows, per_row, squares, stage, finish, tasks);
 }
 
 // Batches of kKeepNoiseMin..kKeepNoiseMax elements keep pass 1's z for pass 2: writing and
@@ -133,16 +133,17 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
       }
     }
   };
-  const int64_t task_rows = in_tasks ? kRowsPerBlock : 1;
+  // Rows go to the tasks in whole blocks where the tasks add the blocks' lanes; the host reads
+  // the norms only where they do not (per row, the tasks take the step sizes).
+  const RowTasks tasks{in_tasks ? kRowsPerBlock : 1, one_pass, !(in_tasks || per_sample)};
   RowSums<2> norms;  // per row: |score|, |z|
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "corrector_norms", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = t.ys[0].data_ptr<scalar_t>();
     opmath_t* keep = kept.defined() ? kept.data_ptr<opmath_t>() : nullptr;
-    norms = given.defined() ? row_norms(sp, given.data_ptr<opmath_t>(), keep, st, rows, per_row, rows_done,
-                                        task_rows, one_pass)
-                            : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row,
-                                        rows_done, task_rows, one_pass);
+    norms = given.defined()
+                ? row_norms(sp, given.data_ptr<opmath_t>(), keep, st, rows, per_row, rows_done, tasks)
+                : row_norms(sp, static_cast<const float*>(nullptr), keep, st, rows, per_row, rows_done, tasks);
   });
   if (one_pass) {
     t.finish();

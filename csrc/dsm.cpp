@@ -92,8 +92,8 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::option
   const HostStream so = host_stream(make_stream(seed_t, seed, offset_t, offset, score.device()));
   const auto geometry = row_geometry(score);
   const int64_t rows = geometry.first, per_row = geometry.second;
-  at::Tensor loss = at::zeros({rows}, score.options().dtype(compute_type(score.scalar_type())));
-  if (score.numel() == 0) return loss;
+  if (score.numel() == 0) return at::zeros({rows}, score.options().dtype(compute_type(score.scalar_type())));
+  at::Tensor loss = at::empty({rows}, score.options().dtype(compute_type(score.scalar_type())));  // all rows written
   const Coef sig = make_coef(sigma, sigma_t, score, "sigma"), w = make_coef(weight, weight_t, score, "weight");
   const at::Tensor s_c = score.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, score.scalar_type(), "dsm_loss", [&] {
@@ -102,15 +102,21 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::option
     const opmath_t* np = n_c.defined() ? n_c.data_ptr<opmath_t>() : nullptr;
     const scalar_t* sp = s_c.data_ptr<scalar_t>();
     const FactorPairs<1> square = {{{0, 0}}};  // |d|^2
-    const auto sums = row_sums<1, 1, opmath_t>(rows, per_row, square, [&](int64_t c0, int64_t n,
-                                                                          opmath_t (*buf)[kChunk], const opmath_t** f) {
+    opmath_t* out = loss.data_ptr<opmath_t>();
+    auto stage = [&](int64_t c0, int64_t n, opmath_t (*buf)[kChunk], const opmath_t** f) {
       stage_residuals(sp, np, so, per_row, sig, c0, n, buf[0]);
       f[0] = buf[0];
-    });
-    opmath_t* out = loss.data_ptr<opmath_t>();
-    std::vector<double> wr(rows);
-    w.rows_to(0, rows, wr.data());
-    for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<opmath_t>(0.5 * wr[r] * sums[r][0]);
+    };
+    auto finish = [&](std::array<double, 1>* sum, int64_t r0, int64_t n) {  // in the tasks, for short rows
+      constexpr int64_t kPiece = 256;
+      double wr[kPiece];
+      for (int64_t q0 = 0; q0 < n; q0 += kPiece) {
+        const int64_t m = std::min(kPiece, n - q0);
+        w.rows_to(r0 + q0, m, wr);
+        for (int64_t q = 0; q < m; ++q) out[r0 + q0 + q] = static_cast<opmath_t>(0.5 * wr[q] * sum[q0 + q][0]);
+      }
+    };
+    row_sums<1, 1, opmath_t>(rows, per_row, square, stage, finish, RowTasks{1, false, false});
   });
   return loss;
 }

@@ -82,13 +82,30 @@ FS_SIMD_INLINE void fold_lane_rows(const T* a, const T* b, int64_t nr, int64_t p
 }
 
 // Rows of R <= kLanes elements: out[q * stride] = sum_t a[q R + t] * b[q R + t] in order
-// (each lane holds one product), for q < nr.
+// (each lane holds one product), for q < nr. Stride 1 is its own case: whole-vector stores
+// (a runtime stride stores one double at a time).
+template <bool kSquare, typename T, int R>
+FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
+  auto rows = [&](auto step) {
+    for (int64_t q = 0; q < nr; ++q) {
+      double total = 0.0;
+      for (int t = 0; t < R; ++t) total += product<kSquare>(a, b, q * R + t);
+      out[q * step] = total;
+    }
+  };
+  if (stride == 1) {
+    rows(std::integral_constant<int64_t, 1>{});
+  } else {
+    rows(stride);
+  }
+}
+
 template <typename T, int R>
 FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
-  for (int64_t q = 0; q < nr; ++q) {
-    double total = 0.0;
-    for (int t = 0; t < R; ++t) total += static_cast<double>(a[q * R + t]) * static_cast<double>(b[q * R + t]);
-    out[q * stride] = total;
+  if (a == b) {  // a sum of squares converts each element once
+    fold_fixed_rows<true, T, R>(a, a, nr, out, stride);
+  } else {
+    fold_fixed_rows<false, T, R>(a, b, nr, out, stride);
   }
 }
 

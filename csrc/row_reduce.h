@@ -181,39 +181,53 @@ void block_sums(int64_t begin, int64_t end, const FactorPairs<NSUM>& pairs, Stag
   for (int s = 0; s < NSUM; ++s) out[s] = lane_total(lanes[s]);
 }
 
+// How row_sums splits its work between parallel tasks.
+struct RowTasks {
+  int64_t rows = 1;         // short rows go to tasks in multiples of this (fixed blocks a finish may sum)
+  bool whole_rows = false;  // longer rows: a whole row per task, finished in it (else split into blocks)
+  bool keep_sums = true;    // false: finish consumes short rows' sums in the task; none are returned
+};
+
 // sums[r][k] for rows r. stage(c0, n, buf, f) points f[j] at factor j of flat elements
 // [c0, c0 + n) (n <= kChunk): at the data itself where it is already in the compute type,
 // or at buf[j] after filling it. [c0, c0 + n) is part of one row, or whole rows (short rows).
-// finish(&sums[r], r, n) runs once on every finished row, n rows at a time, in the parallel
-// task where short rows are summed (the corrector takes its square roots there); short rows
-// are split between tasks only at multiples of task_rows rows (fixed blocks a finish may sum).
-// Longer rows are split into blocks between tasks and finished after them all, or with
-// whole_rows, summed a row per task and finished in it (the per-sample corrector's update
-// then reads the row's z from cache). Every way gives the same bits.
+// finish(sums, r, n) runs once on every finished row, n rows at a time (sums[q] of row
+// r + q), in the parallel task where short rows are summed (the corrector takes its square
+// roots there). Longer rows are split into blocks between tasks and finished after them
+// all, or with tasks.whole_rows summed a row per task and finished in it (the per-sample
+// corrector's update then reads the row's z from cache). Every way gives the same bits.
+// With !tasks.keep_sums short rows' sums stay in the task (for 1-element rows an array
+// of sums would move 4x the data's bytes) and the result is empty.
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
 RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs, StageFn&& stage,
-                       FinishFn&& finish = {}, int64_t task_rows = 1, bool whole_rows = false) {
-  RowSums<NSUM> sums(rows);
+                       FinishFn&& finish = {}, RowTasks tasks = {}) {
+  const bool short_rows = per_row <= kShortRow && per_row > 0;
+  RowSums<NSUM> sums(short_rows && !tasks.keep_sums ? 0 : rows);
   if (rows == 0 || per_row == 0) {  // rows of no elements sum to 0
     for (int64_t r = 0; r < rows; ++r) sums[r].fill(0.0);
     finish(sums.data(), 0, rows);
     return sums;
   }
-  if (per_row <= kShortRow) {  // whole rows per chunk, folded one row at a time
+  if (short_rows) {  // whole rows per chunk, folded one row at a time
     const int64_t rows_per_chunk = kChunk / per_row;
+    const int64_t task_rows = tasks.rows;
     const int64_t units = (rows + task_rows - 1) / task_rows;
     const int64_t grain = std::max<int64_t>(1, kShortRowGrain / per_row / task_rows);
     at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
       const int64_t r0 = u0 * task_rows, r1 = std::min(rows, u1 * task_rows);
       alignas(64) T buf[NF][kChunk];
+      alignas(64) double total[NSUM][kChunk];  // each sum's rows apart: whole-vector stores
+      std::array<double, NSUM> local[kChunk];  // the chunk's sums, where none are kept
       const T* f[NF];
       for (int64_t r = r0; r < r1; r += rows_per_chunk) {
         const int64_t nr = std::min(rows_per_chunk, r1 - r);
         stage(r * per_row, nr * per_row, buf, f);
-        for (int k = 0; k < NSUM; ++k) {
-          fold_rows(f[pairs[k].first], f[pairs[k].second], nr, per_row, &sums[r][k], NSUM);
+        for (int k = 0; k < NSUM; ++k) fold_rows(f[pairs[k].first], f[pairs[k].second], nr, per_row, total[k], 1);
+        std::array<double, NSUM>* out = tasks.keep_sums ? &sums[r] : local;
+        for (int64_t q = 0; q < nr; ++q) {
+          for (int k = 0; k < NSUM; ++k) out[q][k] = total[k][q];
         }
-        finish(&sums[r], r, nr);
+        finish(out, r, nr);
       }
     });
     return sums;
@@ -223,7 +237,7 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
     const int64_t begin = row * per_row + k * kReduceBlock;
     return std::make_pair(begin, std::min(row * per_row + per_row, begin + kReduceBlock));
   };
-  if (whole_rows) {  // the blocks of a row in order, in one task: the bits of the split below
+  if (tasks.whole_rows) {  // the blocks of a row in order, in one task: the bits of the split below
     at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
       alignas(64) T buf[NF][kChunk];
       for (int64_t r = r0; r < r1; ++r) {
