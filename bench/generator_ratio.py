@@ -29,8 +29,9 @@ import torch  # noqa: E402
 import fastscore  # noqa: E402
 from fastscore import backends, ops  # noqa: E402
 
-# 256x3x8x8: rows of 192, reduced many rows per call (row_reduce.h's short-row path).
-SIZES = ((4096, 2), (256, 3, 8, 8), (64, 3, 32, 32), (16, 3, 256, 256))
+# 256x3x8x8: rows of 192, reduced many rows per call (row_reduce.h's short-row path);
+# 262144x2: a large 2-D batch, where per-row work (sums, square roots) weighs most.
+SIZES = ((4096, 2), (262144, 2), (256, 3, 8, 8), (64, 3, 32, 32), (16, 3, 256, 256))
 ROUNDS = 25
 # fp32 bytes each op moves per element: reads and writes of x, score, kept noise.
 BYTES = {"langevin_step_": 12, "step_": 12, "perturb": 8, "corrector": 24, "dsm_loss": 4}
