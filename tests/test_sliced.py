@@ -69,10 +69,11 @@ def test_fused_backward_matches_autograd_of_the_formula_fp64(backend, vr):
         terms, gs, gj = terms_and_grads(score, jv, v, vr)
     for a, b in ((terms, want.detach()), (gs, ws), (gj, wj)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    if backend != "reference":
+    if backend != "reference":  # on a corner (gradcheck evaluates the op twice per input element)
+        sc, jc, vc = (t[:2, :3, :5].clone() if t.dim() == 3 else t[:2, :5].clone() for t in (score, jv, v))
         with fastscore.use_backend(backend):
-            assert torch.autograd.gradcheck(lambda a, b: ops.sliced_score_terms(a, b, v, vr),
-                                            (score.requires_grad_(), jv.requires_grad_()))
+            assert torch.autograd.gradcheck(lambda a, b: ops.sliced_score_terms(a, b, vc, vr),
+                                            (sc.requires_grad_(), jc.requires_grad_()))
 
 
 @pytest.mark.parametrize("backend", FAST + ["reference"])
