@@ -44,20 +44,20 @@ FS_SIMD_INLINE void accumulate_dot2_impl(const T* __restrict a0, const T* __rest
 // independent add chains instead of one 16-add chain per row.
 constexpr int kRowBatch = 8;
 
-FS_SIMD_INLINE void batch_totals(const double (*lanes)[kLanes], int m, double* out, int64_t stride) {
+FS_SIMD_INLINE void batch_totals(const double (*lanes)[kLanes], int m, double* out) {
   double total[kRowBatch] = {};
   for (int l = 0; l < kLanes; ++l) {
     for (int j = 0; j < kRowBatch; ++j) total[j] += lanes[j][l];
   }
-  for (int j = 0; j < m; ++j) out[j * stride] = total[j];
+  for (int j = 0; j < m; ++j) out[j] = total[j];
 }
 
-// Rows of per_row > kLanes elements laid end to end: out[q * stride] = row q's lanes
+// Rows of per_row > kLanes elements laid end to end: out[q] = row q's lanes
 // (accumulate_dot's order) added in lane order. Rows of whole groups take the lane kernel;
 // others add their last partial group element by element (GCC vectorises a group loop
 // followed by such a tail badly, splitting its lanes over odd widths).
 template <bool kSquare, typename T>
-FS_SIMD_INLINE void fold_lane_rows(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+FS_SIMD_INLINE void fold_lane_rows(const T* a, const T* b, int64_t nr, int64_t per_row, double* out) {
   if (per_row % kLanes == 0) {
     alignas(64) double lanes[kRowBatch][kLanes] = {};
     for (int64_t q0 = 0; q0 < nr; q0 += kRowBatch) {
@@ -67,7 +67,7 @@ FS_SIMD_INLINE void fold_lane_rows(const T* a, const T* b, int64_t nr, int64_t p
         for (int l = 0; l < kLanes; ++l) lanes[j][l] = 0.0;
         accumulate_dot_impl<kSquare>(a + o, b + o, lanes[j], per_row);
       }
-      batch_totals(lanes, m, out + q0 * stride, stride);
+      batch_totals(lanes, m, out + q0);
     }
     return;
   }
@@ -77,54 +77,37 @@ FS_SIMD_INLINE void fold_lane_rows(const T* a, const T* b, int64_t nr, int64_t p
     double lanes[kLanes];
     for (int l = 0; l < kLanes; ++l) lanes[l] = product<kSquare>(ar, br, l);
     for (int64_t t = kLanes; t < per_row; ++t) lanes[t % kLanes] += product<kSquare>(ar, br, t);
-    out[q * stride] = lane_total(lanes);
+    out[q] = lane_total(lanes);
   }
 }
 
-// Rows of R <= kLanes elements: out[q * stride] = sum_t a[q R + t] * b[q R + t] in order
-// (each lane holds one product), for q < nr. Stride 1 is its own case: whole-vector stores
-// (a runtime stride stores one double at a time).
+// Rows of R <= kLanes elements: out[q] = sum_t a[q R + t] * b[q R + t] in order (each lane
+// holds one product), for q < nr.
 template <bool kSquare, typename T, int R>
-FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
-  auto rows = [&](auto step) {
-    for (int64_t q = 0; q < nr; ++q) {
-      double total = 0.0;
-      for (int t = 0; t < R; ++t) total += product<kSquare>(a, b, q * R + t);
-      out[q * step] = total;
-    }
-  };
-  if (stride == 1) {
-    rows(std::integral_constant<int64_t, 1>{});
-  } else {
-    rows(stride);
+FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out) {
+  for (int64_t q = 0; q < nr; ++q) {
+    double total = 0.0;
+    for (int t = 0; t < R; ++t) total += product<kSquare>(a, b, q * R + t);
+    out[q] = total;
   }
 }
 
 template <typename T, int R>
-FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out, int64_t stride) {
+FS_SIMD_INLINE void fold_fixed_rows(const T* a, const T* b, int64_t nr, double* out) {
   if (a == b) {  // a sum of squares converts each element once
-    fold_fixed_rows<true, T, R>(a, a, nr, out, stride);
+    fold_fixed_rows<true, T, R>(a, a, nr, out);
   } else {
-    fold_fixed_rows<false, T, R>(a, b, nr, out, stride);
+    fold_fixed_rows<false, T, R>(a, b, nr, out);
   }
 }
 
-template <typename T>
-FS_SIMD_INLINE void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out,
-                                         int64_t stride) {
-  switch (per_row) {  // the shortest rows (2-D, 3-D batches) with unrolled row loops
-    case 1: return fold_fixed_rows<T, 1>(a, b, nr, out, stride);
-    case 2: return fold_fixed_rows<T, 2>(a, b, nr, out, stride);
-    case 3: return fold_fixed_rows<T, 3>(a, b, nr, out, stride);
-    case 4: return fold_fixed_rows<T, 4>(a, b, nr, out, stride);
-    default:
-      for (int64_t q = 0; q < nr; ++q) {
-        double total = 0.0;
-        for (int64_t t = 0; t < per_row; ++t) {
-          total += static_cast<double>(a[q * per_row + t]) * static_cast<double>(b[q * per_row + t]);
-        }
-        out[q * stride] = total;
-      }
+// Rows of per_row <= kLanes elements, each width its own loop (vectorised across rows; a
+// runtime width leaves one row's add chain alone, ~4 cycles per element).
+template <typename T, int R = 1>
+FS_SIMD_INLINE void fold_short_rows_impl(const T* a, const T* b, int64_t nr, int64_t per_row, double* out) {
+  if constexpr (R <= kLanes) {
+    if (per_row == R) return fold_fixed_rows<T, R>(a, b, nr, out);
+    fold_short_rows_impl<T, R + 1>(a, b, nr, per_row, out);
   }
 }
 
@@ -225,10 +208,10 @@ FS_AVX2_FMA void exact_squares_avx2(const float* const* a, double* const* lanes,
   exact_squares_avx2_body<NS>(a, lanes, n);
 }
 
-// Rows of per_row elements laid end to end: out[q * stride] = row q's lanes (the kernel
+// Rows of per_row elements laid end to end: out[q] = row q's lanes (the kernel
 // above) added in lane order, batched as fold_lane_rows — one call for many short rows.
 #define FS_SQUARE_ROWS(isa, attr)                                                                          \
-  attr void exact_squares_rows_##isa(const float* a, int64_t nr, int64_t per_row, double* out, int64_t stride) { \
+  attr void exact_squares_rows_##isa(const float* a, int64_t nr, int64_t per_row, double* out) { \
     alignas(64) double lanes[kRowBatch][kLanes] = {};                                                     \
     for (int64_t q0 = 0; q0 < nr; q0 += kRowBatch) {                                                      \
       const int m = static_cast<int>(std::min<int64_t>(kRowBatch, nr - q0));                              \
@@ -238,7 +221,7 @@ FS_AVX2_FMA void exact_squares_avx2(const float* const* a, double* const* lanes,
         for (int l = 0; l < kLanes; ++l) lanes[j][l] = 0.0;                                               \
         exact_squares_##isa##_body<1>(row, ls, per_row);                                                  \
       }                                                                                                   \
-      batch_totals(lanes, m, out + q0 * stride, stride);                                                  \
+      batch_totals(lanes, m, out + q0);                                                  \
     }                                                                                                     \
   }
 FS_SQUARE_ROWS(avx512, FS_AVX512_FMA)
@@ -256,10 +239,10 @@ bool exact_squares(const float* const* a, double* const* lanes, int64_t n) {
   }
 }
 
-bool exact_squares_rows(const float* a, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+bool exact_squares_rows(const float* a, int64_t nr, int64_t per_row, double* out) {
   switch (simd_level()) {
-    case 2: exact_squares_rows_avx512(a, nr, per_row, out, stride); return true;
-    case 1: exact_squares_rows_avx2(a, nr, per_row, out, stride); return true;
+    case 2: exact_squares_rows_avx512(a, nr, per_row, out); return true;
+    case 1: exact_squares_rows_avx2(a, nr, per_row, out); return true;
     default: return false;
   }
 }
@@ -312,27 +295,27 @@ void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const d
 namespace {
 
 template <typename T>
-void fold_rows_any(const T* a, const T* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
+void fold_rows_any(const T* a, const T* b, int64_t nr, int64_t per_row, double* out) {
   if (per_row <= kLanes) {
-    with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out, stride); });
+    with_simd([&]() FS_SIMD_BODY { fold_short_rows_impl(a, b, nr, per_row, out); });
   } else if (a != b) {
-    with_simd([&]() FS_SIMD_BODY { fold_lane_rows<false>(a, b, nr, per_row, out, stride); });
+    with_simd([&]() FS_SIMD_BODY { fold_lane_rows<false>(a, b, nr, per_row, out); });
   } else {
     if constexpr (std::is_same_v<T, float>) {
-      if (exact_squares_rows(a, nr, per_row, out, stride)) return;
+      if (exact_squares_rows(a, nr, per_row, out)) return;
     }
-    with_simd([&]() FS_SIMD_BODY { fold_lane_rows<true>(a, a, nr, per_row, out, stride); });
+    with_simd([&]() FS_SIMD_BODY { fold_lane_rows<true>(a, a, nr, per_row, out); });
   }
 }
 
 }  // namespace
 
-void fold_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
-  fold_rows_any(a, b, nr, per_row, out, stride);
+void fold_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out) {
+  fold_rows_any(a, b, nr, per_row, out);
 }
 
-void fold_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride) {
-  fold_rows_any(a, b, nr, per_row, out, stride);
+void fold_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out) {
+  fold_rows_any(a, b, nr, per_row, out);
 }
 
 // Pairs laid end to end: v[2 r + k] goes to lane 2 ((first + r) % kLanes) + k — lane

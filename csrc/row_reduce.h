@@ -41,11 +41,11 @@ void accumulate_dot2(const float* a0, const float* b0, double* lanes0, const flo
 void accumulate_dot2(const double* a0, const double* b0, double* lanes0, const double* a1, const double* b1,
                      double* lanes1, int64_t n);
 
-// Rows q < nr of a and b (rows laid end to end, per_row <= kShortRow): out[q * stride] = the
+// Rows q < nr of a and b (rows laid end to end, per_row <= kShortRow): out[q] = the
 // row's accumulate_dot lanes added in lane order — (((0 + a_0 b_0) + a_1 b_1) + ...) for rows
 // of at most kLanes elements (one product per lane). Many rows per call: no per-row dispatch.
-void fold_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
-void fold_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out, int64_t stride);
+void fold_rows(const float* a, const float* b, int64_t nr, int64_t per_row, double* out);
+void fold_rows(const double* a, const double* b, int64_t nr, int64_t per_row, double* out);
 
 // Sums of pairs (v[2 r], v[2 r + 1]) in 2 kLanes fixed lanes: pair r of a run starting at pair
 // index first goes to lanes 2 ((first + r) % kLanes) + k, k < 2, added in r order — so a sum
@@ -222,7 +222,7 @@ RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& p
       for (int64_t r = r0; r < r1; r += rows_per_chunk) {
         const int64_t nr = std::min(rows_per_chunk, r1 - r);
         stage(r * per_row, nr * per_row, buf, f);
-        for (int k = 0; k < NSUM; ++k) fold_rows(f[pairs[k].first], f[pairs[k].second], nr, per_row, total[k], 1);
+        for (int k = 0; k < NSUM; ++k) fold_rows(f[pairs[k].first], f[pairs[k].second], nr, per_row, total[k]);
         std::array<double, NSUM>* out = tasks.keep_sums ? &sums[r] : local;
         for (int64_t q = 0; q < nr; ++q) {
           for (int k = 0; k < NSUM; ++k) out[q][k] = total[k][q];

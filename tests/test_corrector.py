@@ -88,7 +88,7 @@ def test_backends_match_reference(backend, dtype, shape, mode, alpha_kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(500, 2), (3001, 2), (4096, 16), (70001, 1)])
+@pytest.mark.parametrize("shape", [(500, 2), (3001, 2), (700, 7), (600, 12), (4096, 16), (70001, 1)])
 @pytest.mark.parametrize("mode", ["batch", "per_sample"])
 def test_cpp_short_rows_match_reference(shape, dtype, mode):
     """Thousands of short rows (the C++ short-row reduction), with numel below and inside

@@ -97,7 +97,8 @@ from fastscore import ops
 g, h = torch.Generator().manual_seed(1), hashlib.sha256()
 def add(t):
     h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-for shape in ((3, 5000), (2, 3, 40, 41), (1, 70001), (40, 3, 7, 9), (64, 40), (30, 192), (50, 17)):
+for shape in ((3, 5000), (2, 3, 40, 41), (1, 70001), (40, 3, 7, 9), (64, 40), (30, 192), (50, 17), (90, 7),
+              (70, 16), (300, 2)):
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         x, s = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
         for mode in ("batch", "per_sample"):
@@ -117,8 +118,9 @@ print(h.hexdigest())
 def test_kernel_paths_agree_bitwise_on_row_sums():
     # Rows of more than 16 elements go through row_reduce.cpp's lane kernels (the float sums
     # of squares with fma and masked partial groups on AVX2 and AVX-512, the generic loops
-    # elsewhere), rows of up to 256 many rows per call: every path this CPU runs gives the
-    # corrector's, DSM's and sliced score matching's bits of the scalar path.
+    # elsewhere), rows of up to 256 many rows per call (up to 16: a loop per width,
+    # vectorised across rows): every path this CPU runs gives the corrector's, DSM's and
+    # sliced score matching's bits of the scalar path.
     digests = {k: run_forced(k, ROW_SUMS) for k in ("scalar", "avx2", "avx512") if cpu_can_run(k)}
     if len(digests) < 2:
         pytest.skip("this CPU runs the scalar path only: nothing to compare")
