@@ -196,8 +196,8 @@ struct RowTasks {
 // roots there). Longer rows are split into blocks between tasks and finished after them
 // all, or with tasks.whole_rows summed a row per task and finished in it (the per-sample
 // corrector's update then reads the row's z from cache). Every way gives the same bits.
-// With !tasks.keep_sums short rows' sums stay in the task (for 1-element rows an array
-// of sums would move 4x the data's bytes) and the result is empty.
+// With !tasks.keep_sums short rows' sums stay in the task (an array of them, 8 bytes a
+// row and sum, would move more bytes than rows of one or two floats) and the result is empty.
 template <int NSUM, int NF, typename T, typename StageFn, typename FinishFn = KeepSums>
 RowSums<NSUM> row_sums(int64_t rows, int64_t per_row, const FactorPairs<NSUM>& pairs, StageFn&& stage,
                        FinishFn&& finish = {}, RowTasks tasks = {}) {
