@@ -112,17 +112,13 @@ void langevin_corrector_cpu(at::Tensor x, const c10::optional<at::Tensor>& x_mea
   if (per_sample) u = corrector_update_coefs(step.get(), rows, x_mean.has_value());
   auto rows_done = [&](std::array<double, 2>* norm, int64_t r0, int64_t n) {
     if (per_sample) {
-      constexpr int64_t kPiece = 256;
-      double alpha_r[kPiece];
-      for (int64_t q0 = 0; q0 < n; q0 += kPiece) {  // alpha read a piece at a time, the kind test outside
-        const int64_t m = std::min(kPiece, n - q0);
-        alpha_c.rows_to(r0 + q0, m, alpha_r);
+      alpha_c.for_row_pieces(r0, n, [&](int64_t q0, int64_t m, const double* alpha_r) {
         for (int64_t q = 0; q < m; ++q) {
           const double eps = corrector_eps(norm[q0 + q][0], norm[q0 + q][1], snr, alpha_r[q]);
           step[r0 + q0 + q] = eps;
           step[rows + r0 + q0 + q] = eps * 2.0;
         }
-      }
+      });
       sqrt_in_place(&step[rows + r0], n);
       if (one_pass) update_cpu_range(t, u, st, r0 * per_row, (r0 + n) * per_row);
     } else if (in_tasks) {

@@ -108,13 +108,9 @@ at::Tensor dsm_loss_cpu(const at::Tensor& score, double sigma, const c10::option
       f[0] = buf[0];
     };
     auto finish = [&](std::array<double, 1>* sum, int64_t r0, int64_t n) {  // in the tasks, for short rows
-      constexpr int64_t kPiece = 256;
-      double wr[kPiece];
-      for (int64_t q0 = 0; q0 < n; q0 += kPiece) {
-        const int64_t m = std::min(kPiece, n - q0);
-        w.rows_to(r0 + q0, m, wr);
+      w.for_row_pieces(r0, n, [&](int64_t q0, int64_t m, const double* wr) {
         for (int64_t q = 0; q < m; ++q) out[r0 + q0 + q] = static_cast<opmath_t>(0.5 * wr[q] * sum[q0 + q][0]);
-      }
+      });
     };
     row_sums<1, 1, opmath_t>(rows, per_row, square, stage, finish, RowTasks{1, false, false});
   });

@@ -96,6 +96,18 @@ struct Coef {
       for (int64_t q = 0; q < n; ++q) out[q] = at_row(r0 + q);  // half types
     }
   }
+  // fn(q0, m, v) for pieces of rows [r0, r0 + n): v[q] = the value of row r0 + q0 + q, q < m
+  // (rows_to into a stack buffer, a piece at a time). Host code.
+  template <typename Fn>
+  void for_row_pieces(int64_t r0, int64_t n, Fn&& fn) const {
+    constexpr int64_t kPiece = 256;
+    double v[kPiece];
+    for (int64_t q0 = 0; q0 < n; q0 += kPiece) {
+      const int64_t m = n - q0 < kPiece ? n - q0 : kPiece;
+      rows_to(r0 + q0, m, v);
+      fn(q0, m, static_cast<const double*>(v));
+    }
+  }
   bool per_row() const { return data != nullptr && stride != 0; }
   bool is_zero_value() const { return data == nullptr && value == 0.0; }
 };

@@ -210,19 +210,19 @@ FS_AVX2_FMA void exact_squares_avx2(const float* const* a, double* const* lanes,
 
 // Rows of per_row elements laid end to end: out[q] = row q's lanes (the kernel
 // above) added in lane order, batched as fold_lane_rows — one call for many short rows.
-#define FS_SQUARE_ROWS(isa, attr)                                                                          \
+#define FS_SQUARE_ROWS(isa, attr)                                                                \
   attr void exact_squares_rows_##isa(const float* a, int64_t nr, int64_t per_row, double* out) { \
-    alignas(64) double lanes[kRowBatch][kLanes] = {};                                                     \
-    for (int64_t q0 = 0; q0 < nr; q0 += kRowBatch) {                                                      \
-      const int m = static_cast<int>(std::min<int64_t>(kRowBatch, nr - q0));                              \
-      for (int j = 0; j < m; ++j) {                                                                       \
-        const float* row[1] = {a + (q0 + j) * per_row};                                                   \
-        double* ls[1] = {lanes[j]};                                                                       \
-        for (int l = 0; l < kLanes; ++l) lanes[j][l] = 0.0;                                               \
-        exact_squares_##isa##_body<1>(row, ls, per_row);                                                  \
-      }                                                                                                   \
-      batch_totals(lanes, m, out + q0);                                                  \
-    }                                                                                                     \
+    alignas(64) double lanes[kRowBatch][kLanes] = {};                                            \
+    for (int64_t q0 = 0; q0 < nr; q0 += kRowBatch) {                                             \
+      const int m = static_cast<int>(std::min<int64_t>(kRowBatch, nr - q0));                     \
+      for (int j = 0; j < m; ++j) {                                                              \
+        const float* row[1] = {a + (q0 + j) * per_row};                                          \
+        double* ls[1] = {lanes[j]};                                                              \
+        for (int l = 0; l < kLanes; ++l) lanes[j][l] = 0.0;                                      \
+        exact_squares_##isa##_body<1>(row, ls, per_row);                                         \
+      }                                                                                          \
+      batch_totals(lanes, m, out + q0);                                                          \
+    }                                                                                            \
   }
 FS_SQUARE_ROWS(avx512, FS_AVX512_FMA)
 FS_SQUARE_ROWS(avx2, FS_AVX2_FMA)
