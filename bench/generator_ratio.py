@@ -61,7 +61,7 @@ def main() -> int:
         return 2
     torch.set_num_threads(2)
     c = backends._C
-    print(f"fastscore from {Path(fastscore.__file__).parent}; noise generator {c.cpu_kernel()}, "
+    print(f"fastscore from {Path(fastscore.__file__).parent} on {backends.cpu_name()}; noise generator {c.cpu_kernel()}, "
           f"element loops {c.cpu_loops() if hasattr(c, 'cpu_loops') else '?'}; 2 threads")
     seeds = itertools.cycle(range(1, 1000))
     for shape in SIZES:

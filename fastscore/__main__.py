@@ -15,6 +15,7 @@ def info() -> None:
     from fastscore import backends, ops
 
     print(f"fastscore  {__import__('fastscore').__version__}")
+    print(f"cpu        {backends.cpu_name()}")
     print(f"python     {platform.python_version()}  torch {torch.__version__}  "
           f"(CUDA {torch.version.cuda or 'none'}, GPU available: {torch.cuda.is_available()})")
     try:

@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import platform
 import warnings
 from dataclasses import dataclass, field
 
@@ -234,3 +235,32 @@ def info_rows(ops) -> list[tuple[str, str, str, dict]]:
             reasons = {b: REGISTRY[b].reasons(device) for b in BACKENDS}
             rows.append((device, op, serving, reasons))
     return rows
+
+
+_VECTOR_FLAGS = ("avx512f", "avx2", "sve", "asimd")  # the widest first
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU a table was measured on, e.g. ``AMD EPYC (family 25 model 17, avx512f)``.
+    Virtual machines mask the model name ("AMD EPYC" is a Zen 3 or a Zen 4), so the
+    family / model numbers and the widest vector ISA of /proc/cpuinfo come with it.
+    ``cpuinfo``: that file's text (tests); read from /proc/cpuinfo when None."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    extra = []
+    if "cpu family" in fields and "model" in fields:
+        extra.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    extra += [f for f in _VECTOR_FLAGS if f in flags][:1]
+    return f"{name} ({', '.join(extra)})" if extra else name

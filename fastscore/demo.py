@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import time
 from dataclasses import dataclass
 
 import torch
 
 import fastscore
-from fastscore import _peers, k_diffusion, losses, samplers
+from fastscore import _peers, backends, k_diffusion, losses, samplers
 from fastscore.ops import derive_seed
 from fastscore.sde import VESDE, geometric_sigmas
 
@@ -282,7 +281,7 @@ def run(train_steps: int = 1500, samples: int = 4096, steps: int = 20, seed: int
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if backend != "auto":
         fastscore.backends.not_supported_reasons(backend, "cpu")  # an unknown name raises here
-    print(f"fastscore {fastscore.__version__} demo on {_cpu_name()}, {torch.get_num_threads()} threads; "
+    print(f"fastscore {fastscore.__version__} demo on {backends.cpu_name()}, {torch.get_num_threads()} threads; "
           f"backend {backend} ({fastscore.backends.resolve('cpu') if backend == 'auto' else backend} serves the CPU)")
     report = {"training": {}, "sampling": [], "floor": {}, "samples": {}}
     for name in datasets:
@@ -303,17 +302,6 @@ def run(train_steps: int = 1500, samples: int = 4096, steps: int = 20, seed: int
     if png:
         plot(png, report["samples"])
     return report
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(report, train_steps, samples, steps) -> None:

@@ -137,3 +137,18 @@ def test_cli_parses_every_command(monkeypatch):
     assert seen["profile"] == ("fastscore_trace.json", "2x3", 4)
     assert cli.main(["bench", "--smoke", "-k", "x", "--compare", "old.json"]) == 0
     assert seen["bench"][1]["compare_to"] == "old.json" and seen["bench"][1]["smoke"]
+
+
+def test_cpu_name_names_family_model_and_vector_isa():
+    from fastscore import backends
+
+    zen4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n\n"
+            "processor\t: 1\nmodel name\t: something else\n")
+    assert backends.cpu_name(zen4) == "AMD EPYC (family 25 model 17, avx512f)"
+    zen3 = zen4.replace("model\t\t: 17", "model\t\t: 1").replace(" avx512f avx512vl", "")
+    assert backends.cpu_name(zen3) == "AMD EPYC (family 25 model 1, avx2)"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n"
+    assert backends.cpu_name(arm).endswith("(sve)")
+    assert backends.cpu_name("") == backends.cpu_name("\n")  # no fields: the platform's name
+    assert backends.cpu_name() != ""
