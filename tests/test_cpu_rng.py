@@ -117,7 +117,7 @@ print(h.hexdigest())
 @needs_ext
 def test_kernel_paths_agree_bitwise_on_row_sums():
     # Rows of more than 16 elements go through row_reduce.cpp's lane kernels (the float sums
-    # of squares with fma and masked partial groups on AVX2 and AVX-512, the generic loops
+    # of products with fma and masked partial groups on AVX2 and AVX-512, the generic loops
     # elsewhere), rows of up to 256 many rows per call (up to 16: a loop per width,
     # vectorised across rows): every path this CPU runs gives the corrector's, DSM's and
     # sliced score matching's bits of the scalar path.
@@ -133,8 +133,8 @@ def test_no_fused_multiply_add_in_the_extension():
     # Every fastscore function: the noise kernels and the ops' element loops, whose AVX-512
     # and AVX2 builds (cpu_features.h, with_simd) could contract a * b + c. Two users are
     # allowed: the exact square root, whose rounding decision needs an exact FMA residual, and
-    # the float sums of squares (row_reduce.cpp: a widened float's square is exact, so the fma
-    # rounds where the add would).
+    # the float sums of products (row_reduce.cpp: the product of two widened floats is exact,
+    # so the fma rounds where the add would).
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", backends._C.__file__], capture_output=True,
                          text=True, check=True).stdout
     noise_fn = re.compile(r"stream_detail|stream_normals|stream_words|stream_signs")
@@ -144,7 +144,7 @@ def test_no_fused_multiply_add_in_the_extension():
         m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if m:
             name = m.group(1)
-            keep = "fastscore" in name and "sqrt" not in name and "exact_squares" not in name
+            keep = "fastscore" in name and "sqrt" not in name and "exact_products" not in name
             continue
         if not keep:
             continue
