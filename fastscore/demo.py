@@ -280,9 +280,9 @@ def run(train_steps: int = 1500, samples: int = 4096, steps: int = 20, seed: int
     {"training": {dataset: times}, "sampling": [SamplerResult], "floor": {dataset: energy}}."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if backend != "auto":
-        fastscore.backends.not_supported_reasons(backend, "cpu")  # an unknown name raises here
+        backends.not_supported_reasons(backend, "cpu")  # an unknown name raises here
     print(f"fastscore {fastscore.__version__} demo on {backends.cpu_name()}, {torch.get_num_threads()} threads; "
-          f"backend {backend} ({fastscore.backends.resolve('cpu') if backend == 'auto' else backend} serves the CPU)")
+          f"backend {backend} ({backends.resolve('cpu') if backend == 'auto' else backend} serves the CPU)")
     report = {"training": {}, "sampling": [], "floor": {}, "samples": {}}
     for name in datasets:
         gmm = DATASETS[name]()
