@@ -147,11 +147,11 @@ FS_SIMD_INLINE void add_pairs_impl(const double* v, int64_t first, int64_t n, do
 #define FS_AVX512_FMA __attribute__((target("avx512f,avx512vl")))
 #define FS_AVX2_FMA __attribute__((target("avx2,fma")))
 
+#define FS_FMA_INLINE inline __attribute__((always_inline))
+
 template <bool kSquare, int NS>
-FS_AVX512_FMA inline __attribute__((always_inline)) void exact_products_avx512_body(const float* const* a,
-                                                                                  const float* const* b,
-                                                                                  double* const* lanes, int64_t n,
-    bool fresh = false) {
+FS_AVX512_FMA FS_FMA_INLINE void exact_products_avx512_body(const float* const* a, const float* const* b,
+                                                            double* const* lanes, int64_t n, bool fresh = false) {
   __m512d acc[NS][2];
   for (int k = 0; k < NS; ++k) {
     for (int h = 0; h < 2; ++h) acc[k][h] = fresh ? _mm512_setzero_pd() : _mm512_loadu_pd(lanes[k] + 8 * h);
@@ -175,7 +175,8 @@ FS_AVX512_FMA inline __attribute__((always_inline)) void exact_products_avx512_b
       for (int h = 0; h < 2; ++h) {
         const __mmask8 m = static_cast<__mmask8>(mask >> (8 * h));
         const int64_t i = whole + 8 * h;
-        add(k, h, _mm256_maskz_loadu_ps(m, a[k] + i), kSquare ? _mm256_setzero_ps() : _mm256_maskz_loadu_ps(m, b[k] + i));
+        add(k, h, _mm256_maskz_loadu_ps(m, a[k] + i),
+            kSquare ? _mm256_setzero_ps() : _mm256_maskz_loadu_ps(m, b[k] + i));
       }
     }
   }
@@ -186,10 +187,8 @@ FS_AVX512_FMA inline __attribute__((always_inline)) void exact_products_avx512_b
 #pragma GCC diagnostic pop
 
 template <bool kSquare, int NS>
-FS_AVX2_FMA inline __attribute__((always_inline)) void exact_products_avx2_body(const float* const* a,
-                                                                              const float* const* b,
-                                                                              double* const* lanes, int64_t n,
-    bool fresh = false) {
+FS_AVX2_FMA FS_FMA_INLINE void exact_products_avx2_body(const float* const* a, const float* const* b,
+                                                        double* const* lanes, int64_t n, bool fresh = false) {
   __m256d acc[NS][4];
   for (int k = 0; k < NS; ++k) {
     for (int h = 0; h < 4; ++h) acc[k][h] = fresh ? _mm256_setzero_pd() : _mm256_loadu_pd(lanes[k] + 4 * h);
@@ -329,9 +328,9 @@ void fold_rows_any(const T* a, const T* b, int64_t nr, int64_t per_row, double* 
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (a == b ? exact_products_rows<true>(a, a, nr, per_row, out) : exact_products_rows<false>(a, b, nr, per_row, out)) {
-      return;
-    }
+    const bool done = a == b ? exact_products_rows<true>(a, a, nr, per_row, out)
+                             : exact_products_rows<false>(a, b, nr, per_row, out);
+    if (done) return;
   }
   if (a != b) {
     with_simd([&]() FS_SIMD_BODY { fold_lane_rows<false>(a, b, nr, per_row, out); });
