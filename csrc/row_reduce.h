@@ -32,7 +32,7 @@ constexpr int64_t kShortRowGrain = 4096;  // elements per task over short rows (
 
 // lanes[l] += a[g + l] * b[g + l] for g < n, n a multiple of kLanes (the caller
 // zero-pads with zero_pad). Defined in row_reduce.cpp, built per ISA through with_simd;
-// a float sum of squares (a == b) runs an exact fma kernel there (same bits, fewer uops).
+// float products (squares when a == b) run an exact fma kernel there (same bits, fewer uops).
 void accumulate_dot(const float* a, const float* b, double* lanes, int64_t n);
 void accumulate_dot(const double* a, const double* b, double* lanes, int64_t n);
 // Both lanes0 += a0 . b0 and lanes1 += a1 . b1 (as two accumulate_dot calls), in one pass.
