@@ -16,6 +16,8 @@
 // the count is not a multiple of the block (16 counters = 64 values for AVX-512, 8 = 32
 // for AVX2). Chunks of 256-2048 normals into an L1-resident buffer therefore run at
 // close to the full rate; keep chunk lengths multiples of 64 where the op allows it.
+// An op that only combines the noise with x and one more tensor does better with
+// stream_update: its loads overlap the generation instead of following each chunk.
 //
 // All functions are thread-safe and reentrant (the dispatch is a function-local static).
 #pragma once
@@ -33,6 +35,23 @@ void stream_words(uint32_t k0, uint32_t k1, uint64_t c0, int64_t n, int32_t* out
 // Rademacher probes laid out like stream_normals: out[t] for element j = j0 + t is
 // +1.0f, or -1.0f where bit 31 of word (j & 3) at counter j >> 2 is set.
 void stream_signs(uint32_t k0, uint32_t k1, uint64_t j0, int64_t n, float* out);
+
+// The stream consumed inside the generator: out[t] = ((a * x[t]) + b * y[t]) + c * z[t],
+// or (a * x[t]) + c * z[t] where y is null, z[t] the stream - the update ops' float32
+// arithmetic (step.cpp: each product and sum rounded, no fma) for one- and two-tensor
+// steps. out may be x or y: every element is read before it is written.
+struct StreamUpdate {
+  float* out;
+  const float* x;
+  const float* y;  // null: no b term
+  float a, b, c;
+};
+
+// u's update for t in [0, n) with z[t] = stream element j0 + t: the bits of stream_normals
+// followed by that loop, without the buffer. The SIMD kernels load x and y while they
+// generate, so a fused op's memory traffic overlaps the generator's arithmetic instead of
+// following each buffered chunk; calls of any length run at the generator's rate.
+void stream_update(uint32_t k0, uint32_t k1, uint64_t j0, int64_t n, const StreamUpdate& u);
 
 // Which kernel the dispatcher chose: "avx512", "avx2" or "scalar". The choice is made on
 // first use from __builtin_cpu_supports; the environment variable FASTSCORE_CPU_KERNEL

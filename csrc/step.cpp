@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "cpu_features.h"
 #include "cpu_update.h"
 #include "plain.h"
@@ -135,6 +137,9 @@ FS_SIMD_INLINE void update_short_rows(const UpdatePtrs<scalar_t>& p, const Updat
   }
 }
 
+// Rows with per-row coefficients from this long on take stream_update, a call per row.
+constexpr int64_t kFusedUpdateRow = 1024;
+
 template <int K, bool kOut2, bool kNoise1, bool kNoise2, typename scalar_t>
 void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const HostStream& s, int64_t begin,
                   int64_t end) {
@@ -168,6 +173,19 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
                            [&](int64_t i0, int64_t count, const float* z) { part(i0, count, z); });
     }
   };
+  // float32 x (+ one y) + z, one output: the generator applies the update itself
+  // (stream_update), a call per range of constant coefficients - unless rows with their
+  // own coefficients are short, where the chunked path's one call per 1024 values is cheaper.
+  if constexpr (std::is_same_v<scalar_t, float> && K <= 1 && kNoise1 && !kOut2) {
+    if (p.noise == nullptr && (!u.per_row || p.per_row >= kFusedUpdateRow)) {
+      for_each_row_segment(u, begin, end - begin, p.per_row, c, [&](int64_t i, int64_t n) {
+        const float b = K == 1 ? c[0][1] : 0.0f;
+        stream_update(s.k0, s.k1, static_cast<uint64_t>(s.offset * p.per_row + i), n,
+                      {p.out + i, p.x + i, K == 1 ? p.y[0] + i : nullptr, c[0][0], b, c[0][K + 1]});
+      });
+      return;
+    }
+  }
   if (u.per_row && p.per_row <= kShortUpdateRow) {
     run(short_rows);
   } else {

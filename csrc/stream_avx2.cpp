@@ -24,9 +24,11 @@
 // independent chains keep the multiply and shuffle ports busy despite the spills of 16
 // ymm registers (~9 % faster than 2 blocks on a Zen 4, bit-exact either way). Whole
 // blocks left over run one at a time; a partial last block is made whole in a stack
-// buffer.
+// buffer. The update kinds (StreamUpdate) combine each block's normals with x (and y)
+// in registers instead of storing them, as in stream_avx512.cpp.
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -199,26 +201,68 @@ FS_AVX2_INLINE void box_muller(VI wa, VI wb, VF& n_cos, VF& n_sin) {
 }
 
 // 4x4 transpose inside each 128-bit lane: with the lane order, vector r of the result
-// holds counters 2r, 2r + 1 of the block, interleaved. 32 values at out.
-FS_AVX2_INLINE void store_interleaved(VF v0, VF v1, VF v2, VF v3, float* out) {
+// holds counters 2r, 2r + 1 of the block, interleaved (values 8r .. 8r + 7).
+FS_AVX2_INLINE void interleave(VF v0, VF v1, VF v2, VF v3, VF (&r)[4]) {
   const __m256d a = _mm256_castps_pd(_mm256_unpacklo_ps(v0, v1));
   const __m256d b = _mm256_castps_pd(_mm256_unpackhi_ps(v0, v1));
   const __m256d c = _mm256_castps_pd(_mm256_unpacklo_ps(v2, v3));
   const __m256d d = _mm256_castps_pd(_mm256_unpackhi_ps(v2, v3));
-  _mm256_storeu_ps(out, _mm256_castpd_ps(_mm256_unpacklo_pd(a, c)));
-  _mm256_storeu_ps(out + 8, _mm256_castpd_ps(_mm256_unpackhi_pd(a, c)));
-  _mm256_storeu_ps(out + 16, _mm256_castpd_ps(_mm256_unpacklo_pd(b, d)));
-  _mm256_storeu_ps(out + 24, _mm256_castpd_ps(_mm256_unpackhi_pd(b, d)));
+  r[0] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+  r[1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+  r[2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+  r[3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
 }
 
-// What a kernel writes: normals, raw words, or Rademacher signs (+-1.0f).
-enum class Out { kNormals, kWords, kSigns };
+// 32 values at out.
+FS_AVX2_INLINE void store_interleaved(VF v0, VF v1, VF v2, VF v3, float* out) {
+  VF r[4];
+  interleave(v0, v1, v2, v3, r);
+  for (int k = 0; k < 4; ++k) _mm256_storeu_ps(out + 8 * k, r[k]);
+}
 
-// From the words of NB blocks to the output, block b at out + 32 * b (values).
+// What a kernel writes: normals, raw words, Rademacher signs (+-1.0f), or the update
+// of StreamUpdate with y (kUpdateXY) or without (kUpdateX).
+enum class Out { kNormals, kWords, kSigns, kUpdateXY, kUpdateX };
+
+// StreamUpdate's operands, the coefficients broadcast once per call.
+struct UpdateOperands {
+  float* out;
+  const float* x;
+  const float* y;
+  VF a, b, c;
+};
+
+FS_AVX2_INLINE UpdateOperands update_operands(const StreamUpdate* u) {
+  const VF zero = _mm256_setzero_ps();
+  if (u == nullptr) return {nullptr, nullptr, nullptr, zero, zero, zero};  // the other kinds: unused
+  return {u->out, u->x, u->y, bcastf(u->a), bcastf(u->b), bcastf(u->c)};
+}
+
+// The update of 32 values at out (a block's normals v0..v3): the products and sums of
+// update_from, in its order, on 8 lanes; one prefetch per 64-byte line.
+template <Out kind>
+FS_AVX2_INLINE void update_interleaved(const UpdateOperands& u, VF v0, VF v1, VF v2, VF v3, float* out) {
+  VF r[4];
+  interleave(v0, v1, v2, v3, r);
+  const std::ptrdiff_t at = out - u.out;
+  for (int k = 0; k < 4; ++k) {
+    const std::ptrdiff_t p = at + 8 * k;
+    if (k % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(u.x + p + kUpdatePrefetchAhead), _MM_HINT_T0);
+    VF m = _mm256_mul_ps(u.a, _mm256_loadu_ps(u.x + p));
+    if constexpr (kind == Out::kUpdateXY) {
+      if (k % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(u.y + p + kUpdatePrefetchAhead), _MM_HINT_T0);
+      m = _mm256_add_ps(m, _mm256_mul_ps(u.b, _mm256_loadu_ps(u.y + p)));
+    }
+    _mm256_storeu_ps(out + 8 * k, _mm256_add_ps(m, _mm256_mul_ps(u.c, r[k])));
+  }
+}
+
+// From the words of NB blocks to the output, block b at out + 32 * b (values); u: the
+// update kinds' operands.
 template <Out kind, int NB>
-FS_AVX2_INLINE void finish(VI (*w)[4], void* out) {
+FS_AVX2_INLINE void finish(VI (*w)[4], void* out, const UpdateOperands& u) {
   float* o = static_cast<float*>(out);
-  if constexpr (kind == Out::kNormals) {
+  if constexpr (kind == Out::kNormals || kind == Out::kUpdateXY || kind == Out::kUpdateX) {
     VF n[NB][4];
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
@@ -226,7 +270,13 @@ FS_AVX2_INLINE void finish(VI (*w)[4], void* out) {
       box_muller(w[b][2], w[b][3], n[b][2], n[b][3]);
     }
 #pragma GCC unroll 4
-    for (int b = 0; b < NB; ++b) store_interleaved(n[b][0], n[b][1], n[b][2], n[b][3], o + 32 * b);
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (kind == Out::kNormals) {
+        store_interleaved(n[b][0], n[b][1], n[b][2], n[b][3], o + 32 * b);
+      } else {
+        update_interleaved<kind>(u, n[b][0], n[b][1], n[b][2], n[b][3], o + 32 * b);
+      }
+    }
   } else if constexpr (kind == Out::kWords) {
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b)
@@ -246,16 +296,19 @@ FS_AVX2_INLINE void finish(VI (*w)[4], void* out) {
 
 // NB consecutive blocks of 8 counters, from their A * c_lo products.
 template <Out kind, int NB>
-FS_AVX2_INLINE void blocks(const Schedule& s, const VI* pe, const VI* po, void* out) {
+FS_AVX2_INLINE void blocks(const Schedule& s, const VI* pe, const VI* po, void* out, const UpdateOperands& u) {
   VI w[NB][4];
   philox<NB>(s, pe, po, w);
-  finish<kind, NB>(w, out);
+  finish<kind, NB>(w, out, u);
 }
 
 // The kernel contract of stream_kernels.h: values 4 * c0 + [0, nv), no c_lo wrap.
+// The update kinds write upd->out (out_v is null).
 template <Out kind>
-FS_AVX2_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* out_v) {
-  char* out = static_cast<char*>(out_v);  // 4 bytes per value, 16 per counter, every kind
+FS_AVX2_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* out_v,
+                    const StreamUpdate* upd = nullptr) {
+  const UpdateOperands u = update_operands(upd);
+  char* out = upd != nullptr ? reinterpret_cast<char*>(upd->out) : static_cast<char*>(out_v);  // 16 B a counter
   const uint32_t c_hi = static_cast<uint32_t>(c0 >> 32);
   const uint32_t c_lo = static_cast<uint32_t>(c0);
   Schedule s;
@@ -281,14 +334,14 @@ FS_AVX2_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* out
   const int64_t nc = nv >> 2;  // whole counters
   int64_t i = 0;               // counters done
   for (; i + kBlocks * kLanes <= nc; i += kBlocks * kLanes) {
-    blocks<kind, kBlocks>(s, pe, po, out + 16 * i);
+    blocks<kind, kBlocks>(s, pe, po, out + 16 * i, u);
     for (int b = 0; b < kBlocks; ++b) {
       pe[b] = _mm256_add_epi64(pe[b], step_all);
       po[b] = _mm256_add_epi64(po[b], step_all);
     }
   }
   for (; i + kLanes <= nc; i += kLanes) {  // whole blocks left, one at a time
-    blocks<kind, 1>(s, pe, po, out + 16 * i);
+    blocks<kind, 1>(s, pe, po, out + 16 * i, u);
     for (int b = 0; b + 1 < kBlocks; ++b) {
       pe[b] = pe[b + 1];
       po[b] = po[b + 1];
@@ -297,8 +350,13 @@ FS_AVX2_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* out
   const int64_t rest = nv - 4 * i;  // < 4 * kLanes values: one block into a buffer
   if (rest > 0) {
     alignas(32) float buf[4 * kLanes];
-    blocks<kind, 1>(s, pe, po, buf);  // lanes past the range are computed and dropped
-    std::memcpy(out + 16 * i, buf, static_cast<size_t>(4 * rest));
+    constexpr Out made = kind == Out::kUpdateXY || kind == Out::kUpdateX ? Out::kNormals : kind;
+    blocks<made, 1>(s, pe, po, buf, u);  // lanes past the range are computed and dropped
+    if (upd != nullptr) {
+      update_from(shifted(*upd, 4 * i), buf, rest);
+    } else {
+      std::memcpy(out + 16 * i, buf, static_cast<size_t>(4 * rest));
+    }
   }
 }
 
@@ -310,6 +368,14 @@ FS_AVX2_FN void words_avx2(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, in
 }
 FS_AVX2_FN void signs_avx2(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, float* out) {
   run<Out::kSigns>(k0, k1, c0, nv, out);
+}
+
+FS_AVX2_FN void update_avx2(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, const StreamUpdate& u) {
+  if (u.y != nullptr) {
+    run<Out::kUpdateXY>(k0, k1, c0, nv, nullptr, &u);
+  } else {
+    run<Out::kUpdateX>(k0, k1, c0, nv, nullptr, &u);
+  }
 }
 
 // Box-Muller alone (testing): words in the stream_words layout -> normals.
@@ -335,7 +401,7 @@ FS_AVX2_FN void box_muller_avx2(const int32_t* words, int64_t nc, float* out) {
 
 }  // namespace
 
-Kernels avx2_kernels() { return {"avx2", normals_avx2, words_avx2, signs_avx2, box_muller_avx2}; }
+Kernels avx2_kernels() { return {"avx2", normals_avx2, words_avx2, signs_avx2, update_avx2, box_muller_avx2}; }
 
 }  // namespace stream_detail
 }  // namespace fastscore

@@ -30,6 +30,10 @@
 // sits in the same basic block as the Box-Muller of the current 2.
 // A partial last block is made whole in a stack buffer; the stream's bits never depend
 // on where a block starts.
+//
+// The update kinds (StreamUpdate) run the same loop and, instead of storing a block's
+// normals, load x (and y) at their place, combine and store out: no buffer, and the
+// loads interleave with the next blocks' arithmetic.
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*()
 // (GCC PR 105593, fixed in 12.3/13); the warning is spurious.
@@ -38,6 +42,7 @@
 #endif
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -216,26 +221,68 @@ FS_AVX512_INLINE void box_muller(VI wa, VI wb, VF& n_cos, VF& n_sin) {
 }
 
 // 4x4 transpose inside each 128-bit lane: with the block's lane order, vector r of the
-// result holds counters 4r .. 4r + 3 of the block, interleaved. 64 values at out.
-FS_AVX512_INLINE void store_interleaved(VF v0, VF v1, VF v2, VF v3, float* out) {
+// result holds counters 4r .. 4r + 3 of the block, interleaved (values 16r .. 16r + 15).
+FS_AVX512_INLINE void interleave(VF v0, VF v1, VF v2, VF v3, VF (&r)[4]) {
   const __m512d a = _mm512_castps_pd(_mm512_unpacklo_ps(v0, v1));
   const __m512d b = _mm512_castps_pd(_mm512_unpackhi_ps(v0, v1));
   const __m512d c = _mm512_castps_pd(_mm512_unpacklo_ps(v2, v3));
   const __m512d d = _mm512_castps_pd(_mm512_unpackhi_ps(v2, v3));
-  _mm512_storeu_ps(out, _mm512_castpd_ps(_mm512_unpacklo_pd(a, c)));
-  _mm512_storeu_ps(out + 16, _mm512_castpd_ps(_mm512_unpackhi_pd(a, c)));
-  _mm512_storeu_ps(out + 32, _mm512_castpd_ps(_mm512_unpacklo_pd(b, d)));
-  _mm512_storeu_ps(out + 48, _mm512_castpd_ps(_mm512_unpackhi_pd(b, d)));
+  r[0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+  r[1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+  r[2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+  r[3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
 }
 
-// What a kernel writes: normals, raw words, or Rademacher signs (+-1.0f).
-enum class Out { kNormals, kWords, kSigns };
+// 64 values at out.
+FS_AVX512_INLINE void store_interleaved(VF v0, VF v1, VF v2, VF v3, float* out) {
+  VF r[4];
+  interleave(v0, v1, v2, v3, r);
+  for (int k = 0; k < 4; ++k) _mm512_storeu_ps(out + 16 * k, r[k]);
+}
 
-// From the words of NB blocks to the output, block b at out + 64 * b (values).
+// What a kernel writes: normals, raw words, Rademacher signs (+-1.0f), or the update
+// of StreamUpdate with y (kUpdateXY) or without (kUpdateX).
+enum class Out { kNormals, kWords, kSigns, kUpdateXY, kUpdateX };
+
+// StreamUpdate's operands, the coefficients broadcast once per call.
+struct UpdateOperands {
+  float* out;
+  const float* x;
+  const float* y;
+  VF a, b, c;
+};
+
+FS_AVX512_INLINE UpdateOperands update_operands(const StreamUpdate* u) {
+  const VF zero = _mm512_setzero_ps();
+  if (u == nullptr) return {nullptr, nullptr, nullptr, zero, zero, zero};  // the other kinds: unused
+  return {u->out, u->x, u->y, _mm512_set1_ps(u->a), _mm512_set1_ps(u->b), _mm512_set1_ps(u->c)};
+}
+
+// The update of 64 values at out (a block's normals v0..v3): the products and sums of
+// update_from, in its order, on 16 lanes.
+template <Out kind>
+FS_AVX512_INLINE void update_interleaved(const UpdateOperands& u, VF v0, VF v1, VF v2, VF v3, float* out) {
+  VF r[4];
+  interleave(v0, v1, v2, v3, r);
+  const std::ptrdiff_t at = out - u.out;
+  for (int k = 0; k < 4; ++k) {
+    const std::ptrdiff_t p = at + 16 * k;
+    _mm_prefetch(reinterpret_cast<const char*>(u.x + p + kUpdatePrefetchAhead), _MM_HINT_T0);
+    VF m = _mm512_mul_ps(u.a, _mm512_loadu_ps(u.x + p));
+    if constexpr (kind == Out::kUpdateXY) {
+      _mm_prefetch(reinterpret_cast<const char*>(u.y + p + kUpdatePrefetchAhead), _MM_HINT_T0);
+      m = _mm512_add_ps(m, _mm512_mul_ps(u.b, _mm512_loadu_ps(u.y + p)));
+    }
+    _mm512_storeu_ps(out + 16 * k, _mm512_add_ps(m, _mm512_mul_ps(u.c, r[k])));
+  }
+}
+
+// From the words of NB blocks to the output, block b at out + 64 * b (values); u: the
+// update kinds' operands.
 template <Out kind, int NB>
-FS_AVX512_INLINE void finish(VI (*w)[4], void* out) {
+FS_AVX512_INLINE void finish(VI (*w)[4], void* out, const UpdateOperands& u) {
   float* o = static_cast<float*>(out);
-  if constexpr (kind == Out::kNormals) {
+  if constexpr (kind == Out::kNormals || kind == Out::kUpdateXY || kind == Out::kUpdateX) {
     VF n[NB][4];
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
@@ -243,7 +290,13 @@ FS_AVX512_INLINE void finish(VI (*w)[4], void* out) {
       box_muller(w[b][2], w[b][3], n[b][2], n[b][3]);
     }
 #pragma GCC unroll 4
-    for (int b = 0; b < NB; ++b) store_interleaved(n[b][0], n[b][1], n[b][2], n[b][3], o + 64 * b);
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (kind == Out::kNormals) {
+        store_interleaved(n[b][0], n[b][1], n[b][2], n[b][3], o + 64 * b);
+      } else {
+        update_interleaved<kind>(u, n[b][0], n[b][1], n[b][2], n[b][3], o + 64 * b);
+      }
+    }
   } else if constexpr (kind == Out::kWords) {
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b)
@@ -263,10 +316,10 @@ FS_AVX512_INLINE void finish(VI (*w)[4], void* out) {
 
 // NB consecutive blocks of 16 counters, from their A * c_lo products.
 template <Out kind, int NB>
-FS_AVX512_INLINE void blocks(const Schedule& s, const VI* pe, const VI* po, void* out) {
+FS_AVX512_INLINE void blocks(const Schedule& s, const VI* pe, const VI* po, void* out, const UpdateOperands& u) {
   VI w[NB][4];
   philox<NB>(s, pe, po, w);
-  finish<kind, NB>(w, out);
+  finish<kind, NB>(w, out, u);
 }
 
 // Moves NB blocks' A * c_lo products on by `step`.
@@ -279,9 +332,12 @@ FS_AVX512_INLINE void advance(VI* pe, VI* po, VI step) {
 }
 
 // The kernel contract of stream_kernels.h: values 4 * c0 + [0, nv), no c_lo wrap.
+// The update kinds write upd->out (out_v is null).
 template <Out kind>
-FS_AVX512_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* out_v) {
-  char* out = static_cast<char*>(out_v);  // 4 bytes per value, 16 per counter, every kind
+FS_AVX512_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* out_v,
+                      const StreamUpdate* upd = nullptr) {
+  const UpdateOperands u = update_operands(upd);
+  char* out = upd != nullptr ? reinterpret_cast<char*>(upd->out) : static_cast<char*>(out_v);  // 16 B a counter
   const uint32_t c_hi = static_cast<uint32_t>(c0 >> 32);
   const uint32_t c_lo = static_cast<uint32_t>(c0);
   const Schedule s = make_schedule(k0, k1, c_hi);
@@ -312,20 +368,20 @@ FS_AVX512_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* o
     for (; i + 4 * kLanes <= nc; i += 2 * kLanes) {
       advance<2>(pe, po, step2);
       philox<2>(s, pe, po, wn);
-      finish<kind, 2>(w, out + 16 * i);
+      finish<kind, 2>(w, out + 16 * i, u);
       for (int b = 0; b < 2; ++b)
         for (int k = 0; k < 4; ++k) w[b][k] = wn[b][k];
     }
-    finish<kind, 2>(w, out + 16 * i);
+    finish<kind, 2>(w, out + 16 * i, u);
     advance<2>(pe, po, step2);
     i += 2 * kLanes;
   }
   for (; i + 2 * kLanes <= nc; i += 2 * kLanes) {
-    blocks<kind, 2>(s, pe, po, out + 16 * i);
+    blocks<kind, 2>(s, pe, po, out + 16 * i, u);
     advance<2>(pe, po, step2);
   }
   if (i + kLanes <= nc) {
-    blocks<kind, 1>(s, pe, po, out + 16 * i);
+    blocks<kind, 1>(s, pe, po, out + 16 * i, u);
     pe[0] = pe[1];
     po[0] = po[1];
     i += kLanes;
@@ -333,8 +389,13 @@ FS_AVX512_FN void run(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, void* o
   const int64_t rest = nv - 4 * i;  // < 4 * kLanes values: one block into a buffer
   if (rest > 0) {
     alignas(64) float buf[4 * kLanes];
-    blocks<kind, 1>(s, pe, po, buf);  // lanes past the range are computed and dropped
-    std::memcpy(out + 16 * i, buf, static_cast<size_t>(4 * rest));
+    constexpr Out made = kind == Out::kUpdateXY || kind == Out::kUpdateX ? Out::kNormals : kind;
+    blocks<made, 1>(s, pe, po, buf, u);  // lanes past the range are computed and dropped
+    if (upd != nullptr) {
+      update_from(shifted(*upd, 4 * i), buf, rest);
+    } else {
+      std::memcpy(out + 16 * i, buf, static_cast<size_t>(4 * rest));
+    }
   }
 }
 
@@ -346,6 +407,14 @@ FS_AVX512_FN void words_avx512(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv
 }
 FS_AVX512_FN void signs_avx512(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, float* out) {
   run<Out::kSigns>(k0, k1, c0, nv, out);
+}
+
+FS_AVX512_FN void update_avx512(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, const StreamUpdate& u) {
+  if (u.y != nullptr) {
+    run<Out::kUpdateXY>(k0, k1, c0, nv, nullptr, &u);
+  } else {
+    run<Out::kUpdateX>(k0, k1, c0, nv, nullptr, &u);
+  }
 }
 
 // Box-Muller alone (testing): words in the stream_words layout -> normals.
@@ -375,7 +444,7 @@ FS_AVX512_FN void box_muller_avx512(const int32_t* words, int64_t nc, float* out
 }  // namespace
 
 Kernels avx512_kernels() {
-  return {"avx512", normals_avx512, words_avx512, signs_avx512, box_muller_avx512};
+  return {"avx512", normals_avx512, words_avx512, signs_avx512, update_avx512, box_muller_avx512};
 }
 
 }  // namespace stream_detail

@@ -93,6 +93,17 @@ void signs_scalar(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, float* out)
   values(c0, nv, out, [&](uint64_t c, int64_t nc, float* o) { signs_whole(k0, k1, c, nc, o); });
 }
 
+// The update through a buffer of one tile's normals (this path has no registers to
+// keep them in).
+void update_scalar(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv, const StreamUpdate& u) {
+  float z[4 * kTile];
+  for (int64_t t = 0; t < nv; t += 4 * kTile) {
+    const int64_t m = std::min<int64_t>(nv - t, 4 * kTile);
+    normals_scalar(k0, k1, c0 + static_cast<uint64_t>(t >> 2), m, z);
+    update_from(shifted(u, t), z, m);
+  }
+}
+
 void box_muller_scalar(const int32_t* words, int64_t nc, float* out) {
   for (int64_t i = 0; i < nc; ++i) {
     const uint32_t* w = reinterpret_cast<const uint32_t*>(words + 4 * i);
@@ -103,7 +114,7 @@ void box_muller_scalar(const int32_t* words, int64_t nc, float* out) {
 
 }  // namespace
 
-Kernels scalar_kernels() { return {"scalar", normals_scalar, words_scalar, signs_scalar, box_muller_scalar}; }
+Kernels scalar_kernels() { return {"scalar", normals_scalar, words_scalar, signs_scalar, update_scalar, box_muller_scalar}; }
 
 }  // namespace stream_detail
 }  // namespace fastscore

@@ -5,7 +5,9 @@ the scalar definition (philox.h), chosen at run time, all giving the stream's bi
   run against philox.h evaluated element by element: >= 10^8 normals, 10^8 words and 10^8
   Rademacher signs per path, over seeds 0 .. 2^64 - 1 and counter bases where the low
   counter word wraps inside a vector, at every alignment, and split into calls of every
-  size (results independent of chunking);
+  size (results independent of chunking); and the fused update kernels (stream_update:
+  the noise combined with x and y inside the generator) against that loop written out, on
+  >= 10^7 values per path, split and at every head / tail shape too;
 * each path, forced with FASTSCORE_CPU_KERNEL in a fresh process, reproduces the torch
   reference through the ops (normals, signs, words, step_, the corrector, dsm_loss);
 * every path gives the same corrector and DSM bits on long rows (the row sums' lane kernels);
@@ -34,8 +36,8 @@ def test_every_kernel_path_matches_the_definition(tmp_path):
     paths = re.search(r"paths tested: (.*)", stdout).group(1).split()
     assert "scalar" in paths and len(paths) >= 2, paths  # the definition and at least one SIMD path
     for path in paths:  # >= 10^8 values of each kind per path
-        counts = re.search(rf"\[{path}\] normals (\d+), words (\d+), signs (\d+)", stdout).groups()
-        assert all(int(c) >= 10**8 for c in counts), (path, counts)
+        counts = re.search(rf"\[{path}\] normals (\d+), words (\d+), signs (\d+), updates (\d+)", stdout).groups()
+        assert all(int(c) >= 10**8 for c in counts[:3]) and int(counts[3]) >= 10**7, (path, counts)
 
 
 CHECK = r"""
@@ -63,8 +65,9 @@ for b in ("reference", "cpp"):
         y = x.clone(); ops.step_(y, s, 0.9, 0.1, 0.3, seed=2**63 + 1, offset=2**32)
         c = x.clone(); ops.langevin_corrector_(c, s, 0.16, seed=5, offset=3)
         d = ops.dsm_loss(s, 0.4, seed=9)
-        out.append((y, c, d))
-for a, b, what in zip(out[0], out[1], ("step_", "corrector", "dsm_loss")):
+        p = ops.perturb(x, 0.4, seed=3, offset=1, mean_scale=0.7)  # x only: the update kernel without y
+        out.append((y, c, d, p))
+for a, b, what in zip(out[0], out[1], ("step_", "corrector", "dsm_loss", "perturb")):
     same(b, a, what)
 print("ok")
 """

@@ -107,6 +107,32 @@ def test_int_and_tensor_seeds_give_the_same_bits(backend, seed_kind):
         assert_bits_equal(x, want[0], "int seed = tensor seed")
 
 
+# float32 steps of x and at most one more tensor into one output take the generator's fused
+# update (csrc/cpu_stream_simd.h, stream_update) on the cpp backend: a call per range of
+# constant coefficients, so per-sample rows of >= 1024 elements are one call each. Shapes
+# where that call starts inside a counter (odd rows, offsets; 16411 splits between two
+# threads at an element that is not a multiple of 4), ends inside a vector block, or rows
+# are short (the chunked path), every op that takes it, both coefficient kinds.
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", [(3, 1029), (5, 2051), (1, 16411), (3000, 7)], ids=str)
+@pytest.mark.parametrize("coef_kind", ["float", "per_sample"])
+def test_fused_stream_update_matches_reference(backend, shape, coef_kind):
+    a, b, c = coef_values(coef_kind, shape[0])
+    eps = c if coef_kind == "per_sample" else 0.0123
+
+    def run():
+        x0, s = make(shape, torch.float32, "contiguous", 8), make(shape, torch.float32, "contiguous", 9)
+        x, lx = x0.clone(), x0.clone()
+        ops.step_(x, s, a, b, c, seed=2**63 + 5, offset=3)
+        ops.langevin_step_(lx, s, eps, seed=6, offset=1)
+        y = ops.update(x0, s, a, b, c, seed=2**64 - 1, offset=2**32 - 1)
+        p = ops.perturb(x0, c, seed=7, offset=5, mean_scale=a)
+        return torch.stack([x, lx, y, p])
+
+    got, want = run_both(backend, run)
+    assert_bits_equal(got, want)
+
+
 def test_c_zero_draws_no_noise():
     x = torch.randn(4, 8)
     s = torch.randn(4, 8)

@@ -68,6 +68,27 @@ void ref_words(uint32_t k0, uint32_t k1, uint64_t c0, int64_t n, int32_t* out) {
   }
 }
 
+// The fused update (StreamUpdate) from the definition's normals z, written out here
+// rather than through update_from: out = ((a x) + b y) + c z, or (a x) + c z.
+void ref_update(const float* x, const float* y, float a, float b, float c, const float* z, int64_t n, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    float m = a * x[t];
+    if (y != nullptr) m = m + b * y[t];
+    out[t] = m + c * z[t];
+  }
+}
+
+// Update operands with varied exponents and signs (so every product rounds).
+void fill_operands(std::vector<float>& x, std::vector<float>& y) {
+  uint32_t h = 0x9E3779B9u;
+  for (size_t t = 0; t < x.size(); ++t) {
+    h = h * 1664525u + 1013904223u;
+    x[t] = static_cast<float>(static_cast<int32_t>(h)) * 0x1p-27f;
+    y[t] = static_cast<float>(static_cast<int32_t>(h ^ (h >> 13))) * 0x1p-33f;
+  }
+}
+constexpr float kA = 0.99963f, kB = 0.0137f, kC = 0.16553f;
+
 // Runs fn(begin, end) over [0, n) on two threads (the reference is the slow part).
 template <typename Fn>
 void parallel2(int64_t n, Fn fn) {
@@ -123,12 +144,32 @@ const uint64_t kBases[] = {0, (uint64_t{1} << 32) - 3, (uint64_t{1} << 32) - 13,
                            0x123456789ABCDE00ull, 0x1FFFFFFF9ull, (uint64_t{1} << 62) - 5};
 
 struct Totals {
-  uint64_t normals = 0, words = 0, signs = 0, split = 0;
+  uint64_t normals = 0, words = 0, signs = 0, updates = 0, split = 0;
 };
+
+// The update kernels on [0, n) against ref_update of the definition's normals z: with y,
+// without, and in place (out = x).
+void check_updates(const Path& path, uint32_t k0, uint32_t k1, uint64_t j0, int64_t n, const float* z,
+                   const std::vector<float>& x, const std::vector<float>& y, std::vector<float>& want,
+                   std::vector<float>& got, Totals& tot, uint64_t seed, const char* what) {
+  for (const float* yy : {y.data(), static_cast<const float*>(nullptr)}) {
+    ref_update(x.data(), yy, kA, kB, kC, z, n, want.data());
+    std::memset(got.data(), 0xFF, sizeof(float) * n);
+    update_with(path.ks, k0, k1, j0, n, {got.data(), x.data(), yy, kA, kB, kC});
+    g_failures += count_mismatches(got.data(), want.data(), n, what, path.name, seed, j0);
+    tot.updates += n;
+  }
+  std::memcpy(got.data(), x.data(), sizeof(float) * n);  // in place: out is x
+  update_with(path.ks, k0, k1, j0, n, {got.data(), got.data(), y.data(), kA, kB, kC});
+  ref_update(x.data(), y.data(), kA, kB, kC, z, n, want.data());
+  g_failures += count_mismatches(got.data(), want.data(), n, what, path.name, seed, j0);
+  tot.updates += n;
+}
 
 // Normals + signs over every (seed, base), words over every (seed, base).
 void stream_suite(const std::vector<Path>& paths, int64_t n_per_case, std::vector<Totals>& tot) {
-  std::vector<float> ref(n_per_case), got(n_per_case);
+  std::vector<float> ref(n_per_case), got(n_per_case), x(n_per_case), y(n_per_case), want(n_per_case);
+  fill_operands(x, y);
   int ci = 0;
   for (uint64_t seed : kSeeds) {
     const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
@@ -144,6 +185,8 @@ void stream_suite(const std::vector<Path>& paths, int64_t n_per_case, std::vecto
         normals_with(paths[p].ks, k0, k1, j0, n, got.data());
         g_failures += count_mismatches(got.data(), ref.data(), n, "normals", paths[p].name, seed, j0);
         tot[p].normals += n;
+        // The fused update over the same range (every eighth case: it adds no new stream).
+        if (ci % 8 == 1) check_updates(paths[p], k0, k1, j0, n, ref.data(), x, y, want, got, tot[p], seed, "update");
       }
       // signs
       parallel2(n, [&](int64_t b, int64_t e) { ref_signs(k0, k1, j0 + b, e - b, ref.data() + b); });
@@ -175,7 +218,8 @@ void split_suite(const std::vector<Path>& paths, std::vector<Totals>& tot) {
   const int64_t chunks[] = {1, 3, 255, 256, 1000, 4096, 17, 64, 4 * 16 + 5};
   const uint64_t starts[] = {0, 4 * ((uint64_t{1} << 32) - 7) + 3, 4 * 0x123456789ABCDE00ull + 1};
   const int64_t N = 100003;
-  std::vector<float> ref(N), got(N);
+  std::vector<float> ref(N), got(N), x(N), y(N), want(N);
+  fill_operands(x, y);
   std::vector<int32_t> wref(4 * N), wgot(4 * N);
   for (uint64_t seed : {uint64_t{1}, uint64_t{0xDEADBEEFCAFEF00Dull}}) {
     const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
@@ -195,7 +239,13 @@ void split_suite(const std::vector<Path>& paths, std::vector<Totals>& tot) {
           for (int64_t i = 0; i < N; i += ch)
             words_with(paths[p].ks, k0, k1, (j0 >> 2) + i, std::min<int64_t>(ch, N - i), wgot.data() + 4 * i);
           g_failures += count_mismatches(wgot.data(), wref.data(), 4 * N, "split words", paths[p].name, seed, j0);
-          tot[p].split += 6 * N;
+          ref_update(x.data(), y.data(), kA, kB, kC, ref.data(), N, want.data());
+          for (int64_t i = 0; i < N; i += ch) {
+            const int64_t m = std::min<int64_t>(ch, N - i);
+            update_with(paths[p].ks, k0, k1, j0 + i, m, {got.data() + i, x.data() + i, y.data() + i, kA, kB, kC});
+          }
+          g_failures += count_mismatches(got.data(), want.data(), N, "split update", paths[p].name, seed, j0);
+          tot[p].split += 7 * N;
         }
       }
     }
@@ -215,7 +265,8 @@ void split_suite(const std::vector<Path>& paths, std::vector<Totals>& tot) {
     }
   }
   // Every (start mod 64, length) pair up to 300 elements: all head / tail / block shapes.
-  std::vector<float> r(400), g(400);
+  std::vector<float> r(400), g(400), ux(400), uy(400), uw(400);
+  fill_operands(ux, uy);
   for (uint64_t s0 = 0; s0 < 64; ++s0) {
     const uint64_t j0 = 4 * ((uint64_t{1} << 32) - 40) + s0;  // the wrap is in range
     for (int64_t n = 0; n <= 300; ++n) {
@@ -223,7 +274,9 @@ void split_suite(const std::vector<Path>& paths, std::vector<Totals>& tot) {
       for (size_t p = 0; p < paths.size(); ++p) {
         normals_with(paths[p].ks, 7, 9, j0, n, g.data());
         g_failures += count_mismatches(g.data(), r.data(), n, "shape normals", paths[p].name, 7, j0);
-        tot[p].split += n;
+        Totals t;
+        check_updates(paths[p], 7, 9, j0, n, r.data(), ux, uy, uw, g, t, 7, "shape update");
+        tot[p].split += n + t.updates;
       }
     }
   }
@@ -290,6 +343,12 @@ int main(int argc, char** argv) {
     stream_words(5, 6, 999, 1001, wa.data());
     ref_words(5, 6, 999, 1001, wb.data());
     g_failures += count_mismatches(wa.data(), wb.data(), 4 * 1001, "public stream_words", stream_kernel_name(), 5, 999);
+    std::vector<float> x(10007), y(10007), want(10007);
+    fill_operands(x, y);
+    ref_normals(5, 6, 4 * 1000 + 1, 10007, b.data());
+    ref_update(x.data(), y.data(), kA, kB, kC, b.data(), 10007, want.data());
+    stream_update(5, 6, 4 * 1000 + 1, 10007, {a.data(), x.data(), y.data(), kA, kB, kC});
+    g_failures += count_mismatches(a.data(), want.data(), 10007, "public stream_update", stream_kernel_name(), 5, 4001);
   }
 
   std::vector<Totals> tot(paths.size());
@@ -297,8 +356,9 @@ int main(int argc, char** argv) {
   stream_suite(paths, n_per_case, tot);
   split_suite(paths, tot);
   for (size_t p = 0; p < paths.size(); ++p)
-    std::printf("[%s] normals %" PRIu64 ", words %" PRIu64 ", signs %" PRIu64 ", split/shape checks %" PRIu64 "\n",
-                paths[p].name, tot[p].normals, tot[p].words, tot[p].signs, tot[p].split);
+    std::printf("[%s] normals %" PRIu64 ", words %" PRIu64 ", signs %" PRIu64 ", updates %" PRIu64
+                ", split/shape checks %" PRIu64 "\n",
+                paths[p].name, tot[p].normals, tot[p].words, tot[p].signs, tot[p].updates, tot[p].split);
   if (exhaustive) exhaustive_box_muller(paths);
   std::printf("%s: %" PRIu64 " mismatching values\n", g_failures ? "FAIL" : "PASS", g_failures);
   return g_failures ? 1 : 0;
