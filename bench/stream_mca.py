@@ -11,7 +11,7 @@ auto-vectorised tile loop (7619583) comes out at 10.2 cycles/normal for znver3, 
 12.2 measured on a Zen 3 for the whole call (shared/CPU-RNG.md); a hand AVX2 kernel of the
 same design as today's was measured at 3.7 there.
 
-    python bench/stream_mca.py [--cpu znver3 --cpu icelake-server ...] [--ghz 3.2] [--object F.o]
+    python bench/stream_mca.py [--cpu znver3 --cpu icelake-server ...] [--ghz 3.2] [--object F.o] [--kind update]
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KERNEL_SYMBOL = re.compile(r"fastscore::stream_detail::\(anonymous namespace\)::run<\(.*Out\)0>\(")  # normals
+# The kernels' main loops by their Out kind: 0 writes normals, 3 the fused update with y
+# (stream_update: out = a x + b y + c z, loads of x and y inside the loop).
+KINDS = {"normals": 0, "update": 3}
+KERNEL_SYMBOL = re.compile(r"fastscore::stream_detail::\(anonymous namespace\)::run<\(.*Out\)0>\(")
 NO_AVX512 = {"znver1", "znver2", "znver3", "haswell", "broadwell", "skylake", "alderlake"}
 INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
 
 
-def functions(so: str) -> dict[int, list[tuple[int, str, str]]]:
-    """The normals kernels' instructions, by start address (one per ISA file)."""
+def functions(so: str, kind: str = "normals") -> dict[int, list[tuple[int, str, str]]]:
+    """The `kind` kernels' instructions, by start address (one per ISA file)."""
+    symbol = re.compile(KERNEL_SYMBOL.pattern.replace(r"Out\)0", rf"Out\){KINDS[kind]}"))
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", so], capture_output=True, text=True,
                          check=True).stdout
     found: dict[int, list[tuple[int, str, str]]] = {}
@@ -39,7 +43,7 @@ def functions(so: str) -> dict[int, list[tuple[int, str, str]]]:
     for line in dis.splitlines():
         head = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
         if head:
-            current = int(head.group(1), 16) if KERNEL_SYMBOL.search(head.group(2)) else None
+            current = int(head.group(1), 16) if symbol.search(head.group(2)) else None
             if current is not None:
                 found[current] = []
             continue
@@ -89,6 +93,8 @@ def main() -> int:
     ap.add_argument("--cpu", action="append", help="llvm-mca -mcpu names (default: znver3, icelake-server)")
     ap.add_argument("--ghz", type=float, default=3.2, help="clock for the normals/s column (default 3.2)")
     ap.add_argument("--object", help="an object file to read instead of the extension (say, one stream_avx2.o)")
+    ap.add_argument("--kind", choices=sorted(KINDS), default="normals",
+                    help="normals (default) or update: the fused x + y + noise loop; per value either way")
     args = ap.parse_args()
     for tool in ("objdump", "llvm-mca"):
         if shutil.which(tool) is None:
@@ -102,9 +108,10 @@ def main() -> int:
         binary = _C.__file__
     cpus = args.cpu or ["znver3", "icelake-server"]
     print(f"binary: {binary}")
-    print(f"{'kernel':8s} {'cpu model':16s} {'instr/iter':>10s} {'normals/iter':>12s} {'cycles/normal':>14s}"
-          f" {'M normals/s @ %.1f GHz' % args.ghz:>24s}")
-    for insns in functions(binary).values():
+    unit = "normal" if args.kind == "normals" else "value"
+    print(f"{'kernel':8s} {'cpu model':16s} {'instr/iter':>10s} {unit + 's/iter':>12s} {'cycles/' + unit:>14s}"
+          f" {'M %ss/s @ %.1f GHz' % (unit, args.ghz):>24s}")
+    for insns in functions(binary, args.kind).values():
         loop = main_loop(insns)
         isa, normals = normals_per_iteration(loop)
         for cpu in cpus:
