@@ -150,6 +150,7 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
       for (int k = 0; k < K + 2; ++k) c[o][k] = static_cast<opmath_t>(u.slot[o][k].at_row(0));
     }
   }
+  const int64_t base = s.offset * p.per_row;  // the stream index of element 0
   // z: float (the stream), opmath_t (an explicit noise array) or none (no noise term).
   auto short_rows = [&](int64_t i0, int64_t count, const auto* z) {
     with_simd_for<scalar_t>([&]() FS_SIMD_BODY {
@@ -169,7 +170,7 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
     } else if (p.noise != nullptr) {
       part(begin, end - begin, p.noise + begin);
     } else {
-      for_each_noise_chunk(s, s.offset * p.per_row, begin, end,
+      for_each_noise_chunk(s, base, begin, end,
                            [&](int64_t i0, int64_t count, const float* z) { part(i0, count, z); });
     }
   };
@@ -180,7 +181,7 @@ void update_range(const UpdatePtrs<scalar_t>& p, const UpdateCoefs& u, const Hos
     if (p.noise == nullptr && (!u.per_row || p.per_row >= kFusedUpdateRow)) {
       for_each_row_segment(u, begin, end - begin, p.per_row, c, [&](int64_t i, int64_t n) {
         const float b = K == 1 ? c[0][1] : 0.0f;
-        stream_update(s.k0, s.k1, static_cast<uint64_t>(s.offset * p.per_row + i), n,
+        stream_update(s.k0, s.k1, static_cast<uint64_t>(base + i), n,
                       {p.out + i, p.x + i, K == 1 ? p.y[0] + i : nullptr, c[0][0], b, c[0][K + 1]});
       });
       return;
