@@ -230,12 +230,13 @@ struct UpdateOperands {
   const float* x;
   const float* y;
   VF a, b, c;
+  bool a_one;  // x for a * x (skips_unit_product)
 };
 
 FS_AVX2_INLINE UpdateOperands update_operands(const StreamUpdate* u) {
   const VF zero = _mm256_setzero_ps();
-  if (u == nullptr) return {nullptr, nullptr, nullptr, zero, zero, zero};  // the other kinds: unused
-  return {u->out, u->x, u->y, bcastf(u->a), bcastf(u->b), bcastf(u->c)};
+  if (u == nullptr) return {nullptr, nullptr, nullptr, zero, zero, zero, false};  // the other kinds: unused
+  return {u->out, u->x, u->y, bcastf(u->a), bcastf(u->b), bcastf(u->c), skips_unit_product(u->a)};
 }
 
 // The update of 32 values at out (a block's normals v0..v3): the products and sums of
@@ -248,7 +249,8 @@ FS_AVX2_INLINE void update_interleaved(const UpdateOperands& u, VF v0, VF v1, VF
   for (int k = 0; k < 4; ++k) {
     const std::ptrdiff_t p = at + 8 * k;
     if (k % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(u.x + p + kUpdatePrefetchAhead), _MM_HINT_T0);
-    VF m = _mm256_mul_ps(u.a, _mm256_loadu_ps(u.x + p));
+    const VF xv = _mm256_loadu_ps(u.x + p);
+    VF m = u.a_one ? xv : _mm256_mul_ps(u.a, xv);
     if constexpr (kind == Out::kUpdateXY) {
       if (k % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(u.y + p + kUpdatePrefetchAhead), _MM_HINT_T0);
       m = _mm256_add_ps(m, _mm256_mul_ps(u.b, _mm256_loadu_ps(u.y + p)));

@@ -250,12 +250,13 @@ struct UpdateOperands {
   const float* x;
   const float* y;
   VF a, b, c;
+  bool a_one;  // x for a * x (skips_unit_product)
 };
 
 FS_AVX512_INLINE UpdateOperands update_operands(const StreamUpdate* u) {
   const VF zero = _mm512_setzero_ps();
-  if (u == nullptr) return {nullptr, nullptr, nullptr, zero, zero, zero};  // the other kinds: unused
-  return {u->out, u->x, u->y, _mm512_set1_ps(u->a), _mm512_set1_ps(u->b), _mm512_set1_ps(u->c)};
+  if (u == nullptr) return {nullptr, nullptr, nullptr, zero, zero, zero, false};  // the other kinds: unused
+  return {u->out, u->x, u->y, _mm512_set1_ps(u->a), _mm512_set1_ps(u->b), _mm512_set1_ps(u->c), skips_unit_product(u->a)};
 }
 
 // The update of 64 values at out (a block's normals v0..v3): the products and sums of
@@ -268,7 +269,8 @@ FS_AVX512_INLINE void update_interleaved(const UpdateOperands& u, VF v0, VF v1, 
   for (int k = 0; k < 4; ++k) {
     const std::ptrdiff_t p = at + 16 * k;
     _mm_prefetch(reinterpret_cast<const char*>(u.x + p + kUpdatePrefetchAhead), _MM_HINT_T0);
-    VF m = _mm512_mul_ps(u.a, _mm512_loadu_ps(u.x + p));
+    const VF xv = _mm512_loadu_ps(u.x + p);
+    VF m = u.a_one ? xv : _mm512_mul_ps(u.a, xv);
     if constexpr (kind == Out::kUpdateXY) {
       _mm_prefetch(reinterpret_cast<const char*>(u.y + p + kUpdatePrefetchAhead), _MM_HINT_T0);
       m = _mm512_add_ps(m, _mm512_mul_ps(u.b, _mm512_loadu_ps(u.y + p)));

@@ -8,12 +8,16 @@
 //                             the log (u1) and the sincos (u2) position, for each SIMD path
 //
 // Exit status 0 only if every compared value matched bit for bit.
+#include <xmmintrin.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <thread>
 #include <vector>
@@ -152,18 +156,52 @@ struct Totals {
 void check_updates(const Path& path, uint32_t k0, uint32_t k1, uint64_t j0, int64_t n, const float* z,
                    const std::vector<float>& x, const std::vector<float>& y, std::vector<float>& want,
                    std::vector<float>& got, Totals& tot, uint64_t seed, const char* what) {
-  for (const float* yy : {y.data(), static_cast<const float*>(nullptr)}) {
-    ref_update(x.data(), yy, kA, kB, kC, z, n, want.data());
-    std::memset(got.data(), 0xFF, sizeof(float) * n);
-    update_with(path.ks, k0, k1, j0, n, {got.data(), x.data(), yy, kA, kB, kC});
-    g_failures += count_mismatches(got.data(), want.data(), n, what, path.name, seed, j0);
-    tot.updates += n;
+  static volatile float unit = 1.0f;  // not a constant: the compiler would fold 1 * x to x
+  for (const float a : {kA, static_cast<float>(unit)}) {  // 1: the kernels take x for 1 * x (skips_unit_product)
+    for (const float* yy : {y.data(), static_cast<const float*>(nullptr)}) {
+      ref_update(x.data(), yy, a, kB, kC, z, n, want.data());
+      std::memset(got.data(), 0xFF, sizeof(float) * n);
+      update_with(path.ks, k0, k1, j0, n, {got.data(), x.data(), yy, a, kB, kC});
+      g_failures += count_mismatches(got.data(), want.data(), n, what, path.name, seed, j0);
+      tot.updates += n;
+    }
   }
   std::memcpy(got.data(), x.data(), sizeof(float) * n);  // in place: out is x
   update_with(path.ks, k0, k1, j0, n, {got.data(), got.data(), y.data(), kA, kB, kC});
   ref_update(x.data(), y.data(), kA, kB, kC, z, n, want.data());
   g_failures += count_mismatches(got.data(), want.data(), n, what, path.name, seed, j0);
   tot.updates += n;
+}
+
+// a == 1 (langevin_step_'s x term), where the SIMD kernels take x for 1 * x: the
+// definition's bits for special x (denormals, signed zeros, infinities, NaN) with sums
+// small enough that a denormal x shows, under each flush mode of this thread's MXCSR
+// (flush-to-zero without denormals-are-zero is the one where 1 * x differs from x).
+void unit_a_suite(const std::vector<Path>& paths) {
+  constexpr int64_t n = 4 * 129 + 3;
+  std::vector<float> x(n), y(n), z(n), want(n), got(n);
+  fill_operands(x, y);
+  const float special[] = {0x1p-149f, -0x1p-140f, 0x1.fffffcp-127f, 0.0f, -0.0f, INFINITY, -INFINITY, NAN, 0x1p-126f};
+  for (int64_t t = 0; t < n; t += 2) x[t] = special[(t / 2) % 9];
+  static volatile float unit = 1.0f;  // not a constant: the compiler would fold 1 * x to x
+  const float one = unit;
+  const unsigned csr = _mm_getcsr();
+  constexpr unsigned kFtz = 0x8000, kDaz = 0x40;
+  for (const unsigned mode : {0u, kFtz, kDaz, kFtz | kDaz}) {
+    _mm_setcsr((csr & ~(kFtz | kDaz)) | mode);
+    ref_normals(11, 12, 4 * 7 + 1, n, z.data());
+    for (const float c : {kC, 0x1p-124f}) {
+      for (const float* yy : {static_cast<const float*>(y.data()), static_cast<const float*>(nullptr)}) {
+        ref_update(x.data(), yy, one, 0x1p-110f, c, z.data(), n, want.data());
+        for (const auto& path : paths) {
+          std::memset(got.data(), 0xFF, sizeof(float) * n);
+          update_with(path.ks, 11, 12, 4 * 7 + 1, n, {got.data(), x.data(), yy, one, 0x1p-110f, c});
+          g_failures += count_mismatches(got.data(), want.data(), n, "a = 1, special x", path.name, mode, c < 1e-30f);
+        }
+      }
+    }
+  }
+  _mm_setcsr(csr);
 }
 
 // Normals + signs over every (seed, base), words over every (seed, base).
@@ -355,6 +393,7 @@ int main(int argc, char** argv) {
   const int64_t n_per_case = quick ? 200003 : 2400007;  // 42 cases
   stream_suite(paths, n_per_case, tot);
   split_suite(paths, tot);
+  unit_a_suite(paths);
   for (size_t p = 0; p < paths.size(); ++p)
     std::printf("[%s] normals %" PRIu64 ", words %" PRIu64 ", signs %" PRIu64 ", updates %" PRIu64
                 ", split/shape checks %" PRIu64 "\n",
