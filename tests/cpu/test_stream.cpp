@@ -11,8 +11,8 @@
 #include <xmmintrin.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cinttypes>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -93,6 +93,11 @@ void fill_operands(std::vector<float>& x, std::vector<float>& y) {
 }
 constexpr float kA = 0.99963f, kB = 0.0137f, kC = 0.16553f;
 
+// 1.0f read at run time: as a constant the compiler would fold ref_update's 1 * x to x,
+// and the reference could no longer differ from a kernel that skips that product.
+volatile float g_unit = 1.0f;
+float unit_coefficient() { return g_unit; }
+
 // Runs fn(begin, end) over [0, n) on two threads (the reference is the slow part).
 template <typename Fn>
 void parallel2(int64_t n, Fn fn) {
@@ -156,8 +161,7 @@ struct Totals {
 void check_updates(const Path& path, uint32_t k0, uint32_t k1, uint64_t j0, int64_t n, const float* z,
                    const std::vector<float>& x, const std::vector<float>& y, std::vector<float>& want,
                    std::vector<float>& got, Totals& tot, uint64_t seed, const char* what) {
-  static volatile float unit = 1.0f;  // not a constant: the compiler would fold 1 * x to x
-  for (const float a : {kA, static_cast<float>(unit)}) {  // 1: the kernels take x for 1 * x (skips_unit_product)
+  for (const float a : {kA, unit_coefficient()}) {  // 1: the kernels take x for 1 * x (skips_unit_product)
     for (const float* yy : {y.data(), static_cast<const float*>(nullptr)}) {
       ref_update(x.data(), yy, a, kB, kC, z, n, want.data());
       std::memset(got.data(), 0xFF, sizeof(float) * n);
@@ -183,8 +187,7 @@ void unit_a_suite(const std::vector<Path>& paths) {
   fill_operands(x, y);
   const float special[] = {0x1p-149f, -0x1p-140f, 0x1.fffffcp-127f, 0.0f, -0.0f, INFINITY, -INFINITY, NAN, 0x1p-126f};
   for (int64_t t = 0; t < n; t += 2) x[t] = special[(t / 2) % 9];
-  static volatile float unit = 1.0f;  // not a constant: the compiler would fold 1 * x to x
-  const float one = unit;
+  const float one = unit_coefficient();
   const unsigned csr = _mm_getcsr();
   constexpr unsigned kFtz = 0x8000, kDaz = 0x40;
   for (const unsigned mode : {0u, kFtz, kDaz, kFtz | kDaz}) {
