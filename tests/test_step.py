@@ -284,3 +284,36 @@ def test_rows_split_like_one_batch(backend):
         full = ops.update(x, s, per, 0.1, per, seed=5, offset=40)
         part = ops.update(x[3:7], s[3:7], per[3:7], 0.1, per[3:7], seed=5, offset=43)
     assert_bits_equal(part, full[3:7])
+
+
+@pytest.mark.parametrize("op", ["langevin_step_", "step_"])
+def test_common_eager_step_takes_the_plain_door_with_the_general_bits(op, monkeypatch):
+    """ops._plain_step, the samplers' common eager call (float coefficients, int seed and
+    offset, plain CPU tensors): it skips _update, and gives its bits (a tensor seed takes
+    the general way); the profiler, a leaf needing grad and a seed from 2**63 still go there."""
+    skip_unsupported("cpp")
+    call = {"langevin_step_": lambda x, s, seed: ops.langevin_step_(x, s, 0.003, seed=seed, offset=3),
+            "step_": lambda x, s, seed: ops.step_(x, s, 0.9, 0.1, 0.05, seed=seed, offset=3)}[op]
+    general_calls = []
+    general = ops._update
+
+    def counted(*args):
+        general_calls.append(args[0])
+        return general(*args)
+
+    with fastscore.use_backend("cpp"):
+        x, s = make((5, 3, 7), torch.float32, "transposed", 1), make((5, 3, 7), torch.float32, "transposed", 2)
+        call(x.clone(), s, 11)  # the first eager call looks the plain kernel up
+        monkeypatch.setattr(ops, "_update", counted)
+        fast = call(x.clone(), s, 11)
+        assert general_calls == []
+        slow = call(x.clone(), s, torch.tensor(11))
+        assert general_calls == [op]
+        assert_bits_equal(fast, slow)
+        call(x.clone(), s, 2**63 + 1)
+        with torch.profiler.profile() as prof:
+            call(x.clone(), s, 11)
+        assert general_calls == [op] * 3
+        assert f"fastscore::{op}" in {e.key for e in prof.key_averages()}
+        with pytest.raises(RuntimeError, match="leaf that requires grad"):
+            call(x.clone().requires_grad_(), s, 11)
