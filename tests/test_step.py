@@ -317,3 +317,16 @@ def test_common_eager_step_takes_the_plain_door_with_the_general_bits(op, monkey
         assert f"fastscore::{op}" in {e.key for e in prof.key_averages()}
         with pytest.raises(RuntimeError, match="leaf that requires grad"):
             call(x.clone().requires_grad_(), s, 11)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_langevin_step_leaves_a_float64_step_size_tensor_as_it_is(backend):
+    """sqrt(2 eps) of a per-sample eps is computed in place on a float64 copy: never on eps."""
+    skip_unsupported(backend)
+    eps = torch.tensor([0.001, 0.002, 0.0], dtype=torch.float64)
+    with fastscore.use_backend(backend):
+        x, s = make((3, 5), torch.float32, "contiguous", 1), make((3, 5), torch.float32, "contiguous", 2)
+        want = x.double() + eps[:, None] * s.double() + torch.sqrt(2 * eps)[:, None] * reference.noise((3, 5), 4, 0).double()
+        ops.langevin_step_(x, s, eps, seed=4)
+    assert torch.equal(eps, torch.tensor([0.001, 0.002, 0.0], dtype=torch.float64))
+    assert torch.allclose(x.double(), want, rtol=1e-6, atol=1e-6)
