@@ -218,3 +218,18 @@ def test_closed_form_batch_and_per_sample():
                                 step_size_mode="per_sample" if per_sample else "batch", x_mean=mean)
         torch.testing.assert_close(mean, x + eps * score, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got, x + eps * score + torch.sqrt(2 * eps) * z, rtol=1e-12, atol=1e-12)
+
+
+def test_cpp_kept_noise_buffer_reused_across_sizes_and_dtypes():
+    """The C++ kernel keeps pass 1's z in memory its thread reuses from call to call: calls
+    that grow it, fit in it, and change the dtype give the bits of the same z passed in."""
+    skip_unsupported("cpp")
+    with fastscore.use_backend("cpp"):
+        for k, (shape, dtype) in enumerate([((8, 300), torch.float32), ((64, 3000), torch.float32),
+                                            ((8, 300), torch.float32), ((64, 3000), torch.float64),
+                                            ((3, 2000), torch.bfloat16)]):
+            x, s = inputs(shape, dtype, seed=k)
+            y = x.clone()
+            ops.langevin_corrector_(x, s, 0.16, seed=40 + k, offset=k)
+            ops.langevin_corrector_(y, s, 0.16, noise=ops.noise(shape, 40 + k, k, dtype=reference.compute_dtype(dtype)))
+            assert_bits_equal(x, y, f"call {k}: {shape} {dtype}")
