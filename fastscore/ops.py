@@ -426,16 +426,16 @@ def _plain_step(x, score, coefs, seed, offset) -> bool:
     coefficients [a, b, c], int seed and offset, the stream's z and no x_mean, nothing
     compiling, transforming or profiling — straight into the backend's plain step_: the
     arguments _update would pass, ~1.2 µs sooner (half a 2-D toy batch's step). False when
-    the call is not that case, or no eager call has looked up the plain kernel yet: the
-    caller then takes the general way, which checks and labels everything."""
+    the call is not that case or the backend has no plain door: the caller then takes the
+    general way, which checks and labels everything."""
     if (type(seed) is not int or type(offset) is not int or not (0 <= seed < 1 << 63 and 0 <= offset < 1 << 63)
             or _is_compiling() or _plain_like is None or not _plain_like(x, score) or _functorch_active()
             or _profiler._is_profiler_enabled):
         return False
-    fn = _PLAIN.get((backends.select(x).name, "step_"))
-    if fn is None:
+    backend = backends.select(x)
+    if backend.make_plain is None:
         return False
-    fn(x, None, [score], coefs, [], [], None, None, seed, None, offset)
+    _plain_fn(backend, "step_")(x, None, [score], coefs, [], [], None, None, seed, None, offset)
     return True
 
 
