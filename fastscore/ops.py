@@ -215,10 +215,19 @@ def _plain_fn(backend, op):
     return fn
 
 
+def _int_seed(seed, offset):
+    """The seed's 64 bits as the schemas' int64 (seed_bits) where seed and offset are plain
+    ints in range (seed < 2**64, offset < 2**63); else None (a tensor, or a value to check)."""
+    if type(seed) is int and type(offset) is int and 0 <= seed < 1 << 64 and 0 <= offset < 1 << 63:
+        return seed - (1 << 64) if seed >> 63 else seed
+    return None
+
+
 def _stream(seed, offset, x):
     """(seed_t, seed, offset_t, offset) of the schemas for data ``x``; plain ints take the short way."""
-    if type(seed) is int and type(offset) is int and 0 <= seed < 1 << 64 and 0 <= offset < 1 << 63:
-        return None, seed - (1 << 64) if seed >> 63 else seed, None, offset  # the seed's 64 bits (seed_bits)
+    bits = _int_seed(seed, offset)
+    if bits is not None:
+        return None, bits, None, offset
     return _checks.seed(seed, x.device) + _checks.offset(offset, x.device)
 
 
@@ -421,22 +430,53 @@ def _update(op, x, out, out2, ys, values, seed, offset, noise):
     return out
 
 
-def _plain_step(x, score, coefs, seed, offset) -> bool:
-    """The samplers' common eager step — plain CPU x and score that need no grad, float
-    coefficients [a, b, c], int seed and offset, the stream's z and no x_mean, nothing
-    compiling, transforming or profiling — straight into the backend's plain step_: the
-    arguments _update would pass, ~1.2 µs sooner (half a 2-D toy batch's step). False when
-    the call is not that case or the backend has no plain door: the caller then takes the
-    general way, which checks and labels everything."""
-    if (type(seed) is not int or type(offset) is not int or not (0 <= seed < 1 << 63 and 0 <= offset < 1 << 63)
-            or _is_compiling() or _plain_like is None or not _plain_like(x, score) or _functorch_active()
-            or _profiler._is_profiler_enabled):
-        return False
+def _plain_door(seed, offset, x, *tensors):
+    """(backend, seed bits) where the call is the common eager one — int seed and offset, x
+    and ``tensors`` plain CPU tensors like x that need no grad, nothing compiling,
+    transforming or profiling — and the backend serving x has plain kernels; else None. The
+    plain doors below then hand the kernel exactly what the general way would: that way
+    checks and labels everything, ~1-6 µs a call, as much as a 2-D toy batch's kernel."""
+    bits = _int_seed(seed, offset)
+    if (bits is None or _plain_like is None or _is_compiling() or not _plain_like(x, *tensors)
+            or _functorch_active() or _profiler._is_profiler_enabled):
+        return None
     backend = backends.select(x)
-    if backend.make_plain is None:
+    return None if backend.make_plain is None else (backend, bits)
+
+
+def _plain_step(x, score, coefs, seed, offset) -> bool:
+    """The samplers' common step — float coefficients [a, b, c], the stream's z, no x_mean —
+    into the backend's plain step_; False where the call is not that case (the caller then
+    takes the general way)."""
+    door = _plain_door(seed, offset, x, score)
+    if door is None:
         return False
-    _plain_fn(backend, "step_")(x, None, [score], coefs, [], [], None, None, seed, None, offset)
+    backend, bits = door
+    _plain_fn(backend, "step_")(x, None, [score], coefs, [], [], None, None, bits, None, offset)
     return True
+
+
+def _plain_combine(x, ys, coefs, seed, offset, out):
+    """combine's common call (the k-diffusion and diffusers steps: float coefficients, the
+    stream's z, one output) into the plain step_ or update_ the general way would reach;
+    returns out, or None where the call is not that case."""
+    if len(ys) > 4 or len(coefs) != len(ys) + 2 or any(type(v) is not float for v in coefs):
+        return None
+    door = _plain_door(seed, offset, x, *ys) if out is None else _plain_door(seed, offset, x, out, *ys)
+    if door is None:
+        return None
+    backend, bits = door
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    elif out is not x:  # combine's aliasing rule (out starts where no input does), else the general way says so
+        start = out.data_ptr()
+        if start == x.data_ptr() or any(start == y.data_ptr() for y in ys):
+            return None
+    if out is x:
+        _plain_fn(backend, "step_")(x, None, ys, coefs, [], [], None, None, bits, None, offset)
+    else:
+        _plain_fn(backend, "update_")(out, None, x, ys, coefs, [], [], None, None, bits, None, offset)
+    return out
 
 
 def step_(x, score, a, b, c, seed=0, offset=0, x_mean=None, noise=None):
@@ -501,13 +541,16 @@ def combine(x, ys, coefs, seed=0, offset=0, out=None, noise=None, out2=None, coe
     explicit ``noise``, and a float 0.0 as the last coefficient drops that output's noise
     term. ``ys``: up to 4 tensors shaped like x; ``coefs``: len(ys) + 2 floats, 0-d or
     per-sample [B] tensors. ``out`` may be x (in place); by default a new tensor. Returns out."""
+    ys, coefs = list(ys), list(coefs)
+    if noise is None and out2 is None and coefs2 is None:
+        done = _plain_combine(x, ys, coefs, seed, offset, out)
+        if done is not None:
+            return done
     _checks.float_tensor(x, "x")
-    ys = list(ys)
     if len(ys) > 4:
         raise ValueError(f"ys: at most 4 tensors are combined, got {len(ys)}")
     for k, y in enumerate(ys):
         _checks.like(y, x, f"ys[{k}]")
-    coefs = list(coefs)
     if len(coefs) != len(ys) + 2:
         raise ValueError(f"coefs must have len(ys) + 2 = {len(ys) + 2} entries, got {len(coefs)}")
     values = [_checks.coef(v, f"coefs[{i}]", x) for i, v in enumerate(coefs)]
@@ -572,6 +615,15 @@ def langevin_corrector_(x, score, snr, seed=0, offset=0, alpha=1.0, step_size_mo
     each row right after its norms: same values). ``alpha``: float, 0-d or
     [B] tensor (score_sde passes the VP alphas, 1 for VE). A zero score norm gives eps = 0.
     Returns x."""
+    if (x_mean is None and noise is None and type(snr) is float and snr >= 0 and type(alpha) is float
+            and alpha >= 0 and step_size_mode in STEP_SIZE_MODES):  # the PC samplers' common call
+        door = _plain_door(seed, offset, x, score)
+        if door is not None:
+            backend, bits = door
+            if x.numel():
+                _plain_fn(backend, "langevin_corrector_")(x, None, score, snr, alpha, None,
+                                                          step_size_mode == "per_sample", None, None, bits, None, offset)
+            return x
     _check_in_place("langevin_corrector_", x, score, noise, x_mean, "x_mean")
     if step_size_mode not in STEP_SIZE_MODES:
         raise ValueError(f"step_size_mode must be one of {STEP_SIZE_MODES}, got {step_size_mode!r}")

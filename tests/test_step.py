@@ -286,36 +286,67 @@ def test_rows_split_like_one_batch(backend):
     assert_bits_equal(part, full[3:7])
 
 
-@pytest.mark.parametrize("op", ["langevin_step_", "step_"])
-def test_common_eager_step_takes_the_plain_door_with_the_general_bits(op, monkeypatch):
-    """ops._plain_step, the samplers' common eager call (float coefficients, int seed and
-    offset, plain CPU tensors): it skips _update, and gives its bits (a tensor seed takes
-    the general way); the profiler, a leaf needing grad and a seed from 2**63 still go there."""
-    skip_unsupported("cpp")
-    call = {"langevin_step_": lambda x, s, seed: ops.langevin_step_(x, s, 0.003, seed=seed, offset=3),
-            "step_": lambda x, s, seed: ops.step_(x, s, 0.9, 0.1, 0.05, seed=seed, offset=3)}[op]
-    general_calls = []
-    general = ops._update
+# The plain doors (ops._plain_door): the common eager calls skip the general way's checks.
+DOOR_CALLS = {
+    "langevin_step_": lambda x, s, seed: ops.langevin_step_(x, s, 0.003, seed=seed, offset=3),
+    "step_": lambda x, s, seed: ops.step_(x, s, 0.9, 0.1, 0.05, seed=seed, offset=3),
+    "combine": lambda x, s, seed: ops.combine(x, [s, s * 2], [0.9, 0.1, -0.2, 0.05], seed=seed, offset=3),
+    "combine out=": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.05], seed=seed, offset=3,
+                                                   out=torch.empty_like(x)),
+    "combine out=x": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.0], seed=seed, offset=3, out=x),
+    "langevin_corrector_": lambda x, s, seed: ops.langevin_corrector_(x, s, 0.16, seed=seed, offset=3, alpha=0.7),
+    "langevin_corrector_ per_sample": lambda x, s, seed: ops.langevin_corrector_(
+        x, s, 0.16, seed=seed, offset=3, step_size_mode="per_sample"),
+}
 
-    def counted(*args):
+
+@pytest.mark.parametrize("op", list(DOOR_CALLS))
+def test_common_eager_calls_take_the_plain_door_with_the_general_bits(op, monkeypatch):
+    """The samplers' common eager calls (float coefficients, int seed and offset, plain CPU
+    tensors) reach the kernel without ops._call, for every int seed (step seeds from
+    derive_seed fill all 64 bits), with the bits of the general way (a tensor seed takes
+    it); the profiler still takes the general way (its label is recorded)."""
+    skip_unsupported("cpp")
+    call = DOOR_CALLS[op]
+    general_calls = []
+    general = ops._call
+
+    def counted(*args, **kwargs):
         general_calls.append(args[0])
-        return general(*args)
+        return general(*args, **kwargs)
 
     with fastscore.use_backend("cpp"):
         x, s = make((5, 3, 7), torch.float32, "transposed", 1), make((5, 3, 7), torch.float32, "transposed", 2)
-        monkeypatch.setattr(ops, "_update", counted)
-        fast = call(x.clone(), s, 11)
-        assert general_calls == []
-        slow = call(x.clone(), s, torch.tensor(11))
-        assert general_calls == [op]
-        assert_bits_equal(fast, slow)
-        call(x.clone(), s, 2**63 + 1)
+        monkeypatch.setattr(ops, "_call", counted)
+        for seed in (11, 2**63 + 1, 2**64 - 1):
+            fast = call(x.clone(), s, seed)
+            assert general_calls == [], seed
+            slow = call(x.clone(), s, seed_as(seed, "tensor"))
+            assert len(general_calls) == 1, seed
+            general_calls.clear()
+            assert_bits_equal(fast, slow, f"seed {seed}")
         with torch.profiler.profile() as prof:
             call(x.clone(), s, 11)
-        assert general_calls == [op] * 3
-        assert f"fastscore::{op}" in {e.key for e in prof.key_averages()}
+        assert len(general_calls) == 1
+    assert any(e.key.startswith("fastscore::") for e in prof.key_averages())
+
+
+def test_plain_doors_leave_the_errors_to_the_general_way():
+    """What the doors do not take reaches the general way's checks: a leaf that needs grad,
+    combine's out starting at an input, a negative snr, an unknown step-size mode."""
+    skip_unsupported("cpp")
+    x, s = torch.randn(4, 3), torch.randn(4, 3)
+    with fastscore.use_backend("cpp"):
         with pytest.raises(RuntimeError, match="leaf that requires grad"):
-            call(x.clone().requires_grad_(), s, 11)
+            ops.step_(x.clone().requires_grad_(), s, 0.9, 0.1, 0.05, seed=11)
+        with pytest.raises(ValueError, match="out must not share memory"):
+            ops.combine(x, [s], [0.9, 0.1, 0.05], seed=11, out=s)
+        with pytest.raises(ValueError, match="snr"):
+            ops.langevin_corrector_(x, s, -0.1, seed=11)
+        with pytest.raises(ValueError, match="step_size_mode"):
+            ops.langevin_corrector_(x, s, 0.1, seed=11, step_size_mode="row")
+        empty = torch.empty(0, 3)
+        assert ops.langevin_corrector_(empty, empty, 0.1, seed=11) is empty
 
 
 @pytest.mark.parametrize("backend", FAST)
