@@ -519,6 +519,10 @@ def langevin_step_(x, score, step_size, seed=0, offset=0, noise=None):
 def update(x, score, a, b, c=0.0, seed=0, offset=0, out=None, noise=None):
     """Out of place: a*x + b*score + c*z into ``out`` (a new tensor if None); x is not
     modified. An ODE stage's drift is ``update(y, score, f_t, -g_t**2 / 2)``."""
+    if (noise is None and score is not None and out is not None and out is not x and type(a) is float
+            and type(b) is float and type(c) is float
+            and _plain_combine(x, [score], [a, b, c], seed, offset, out) is not None):
+        return out  # the ODE stages' common call (into their buffer)
     _check_in_place("update", x, score, noise, None, "", score_optional=True)
     if out is None:
         out = torch.empty_like(x)

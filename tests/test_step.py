@@ -294,6 +294,7 @@ DOOR_CALLS = {
     "combine out=": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.05], seed=seed, offset=3,
                                                    out=torch.empty_like(x)),
     "combine out=x": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.0], seed=seed, offset=3, out=x),
+    "update out=": lambda x, s, seed: ops.update(x, s, 0.9, 0.1, 0.05, seed=seed, offset=3, out=torch.empty_like(x)),
     "langevin_corrector_": lambda x, s, seed: ops.langevin_corrector_(x, s, 0.16, seed=seed, offset=3, alpha=0.7),
     "langevin_corrector_ per_sample": lambda x, s, seed: ops.langevin_corrector_(
         x, s, 0.16, seed=seed, offset=3, step_size_mode="per_sample"),
@@ -333,7 +334,8 @@ def test_common_eager_calls_take_the_plain_door_with_the_general_bits(op, monkey
 
 def test_plain_doors_leave_the_errors_to_the_general_way():
     """What the doors do not take reaches the general way's checks: a leaf that needs grad,
-    combine's out starting at an input, a negative snr, an unknown step-size mode."""
+    combine's out starting at an input, update into x, a negative snr, an unknown
+    step-size mode."""
     skip_unsupported("cpp")
     x, s = torch.randn(4, 3), torch.randn(4, 3)
     with fastscore.use_backend("cpp"):
@@ -341,6 +343,8 @@ def test_plain_doors_leave_the_errors_to_the_general_way():
             ops.step_(x.clone().requires_grad_(), s, 0.9, 0.1, 0.05, seed=11)
         with pytest.raises(ValueError, match="out must not share memory"):
             ops.combine(x, [s], [0.9, 0.1, 0.05], seed=11, out=s)
+        with pytest.raises(ValueError, match="use step_"):
+            ops.update(x, s, 0.9, 0.1, 0.05, seed=11, out=x)
         with pytest.raises(ValueError, match="snr"):
             ops.langevin_corrector_(x, s, -0.1, seed=11)
         with pytest.raises(ValueError, match="step_size_mode"):
