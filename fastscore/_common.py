@@ -85,3 +85,10 @@ def uniform_f32(w: torch.Tensor) -> torch.Tensor:
     x = (w - ((w >> 31) << 32)).to(torch.int32) if w.dtype != torch.int32 else w
     x = x ^ (x >> 31)  # ~x where x < 0
     return x.to(torch.float32) * UNIFORM_SCALE  # an fp32 value: the product is fp32's
+
+
+def stream_label(w: torch.Tensor, n_levels: int) -> torch.Tensor:
+    """The level index a Philox word names among n_levels (int64): floor(U * n_levels) in
+    float64, U = uniform_f32(w), at most n_levels - 1 (the float64 product can round up to
+    n_levels only past 2**53 levels). Every backend's fill_labels_ computes exactly this."""
+    return (uniform_f32(w).double() * n_levels).long().clamp_(max=n_levels - 1)

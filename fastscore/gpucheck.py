@@ -194,9 +194,12 @@ def op_cases(device: str, shape):
         jv = torch.randn((rows, 2) + tuple(shape[1:]), generator=torch.Generator().manual_seed(5)).to(device)
         return (ops.sliced_score_terms(s, jv, v),)
 
+    def labels():  # NCSN's 232 levels, counters straddling 2**32
+        return (ops.philox_labels(seed, 2**32 - 3, rows, 232, device=device),)
+
     f32 = torch.float32
     return cases + [("langevin_corrector_ float32", f32, corrector, False), ("dsm_loss float32", f32, dsm, False),
-                    ("sliced_score_terms float32", f32, sliced, False)]
+                    ("sliced_score_terms float32", f32, sliced, False), ("philox_labels", f32, labels, True)]
 
 
 def check_ops(report: Report, shapes):

@@ -59,50 +59,10 @@ def row_uniforms(seed: int, offset: int, rows: int, device="cpu") -> torch.Tenso
     return uniform_f32(ops.philox_words(seed, offset, rows, device=device)[:, 0])
 
 
-def uniform_label(x: torch.Tensor, n_levels: int) -> torch.Tensor:
-    """floor(u * n_levels) in float64, u = uniform_f32 of the non-negative int31 ``x`` (a
-    word folded as uniform_f32 folds it): the definition of a stream label."""
-    return (uniform_f32(x.to(torch.int32)).double() * n_levels).long().clamp_(max=n_levels - 1)
-
-
-_THRESHOLDS: dict = {}
-
-
-def label_thresholds(n_levels: int, device="cpu") -> torch.Tensor:
-    """T[k-1] = the least int31 x with uniform_label(x) >= k, k = 1 .. n_levels - 1, as int32.
-    uniform_label is non-decreasing in x (int -> fp32 rounding and a product by a positive
-    constant both are), so uniform_label(x) = searchsorted(T, x, right=True). Found by a
-    vectorised bisection, once per (n, device)."""
-    key = (n_levels, str(device))
-    if key not in _THRESHOLDS:
-        k = torch.arange(1, n_levels, dtype=torch.int64)
-        lo, hi = torch.zeros_like(k), torch.full_like(k, 1 << 31)  # the answer lies in [lo, hi]
-        for _ in range(32):
-            mid = (lo + hi) // 2
-            reached = uniform_label(mid.clamp(max=(1 << 31) - 1), n_levels) >= k
-            hi, lo = torch.where(reached, mid, hi), torch.where(reached, lo, mid + 1)
-        _THRESHOLDS[key] = hi.clamp(max=(1 << 31) - 1).to(torch.int32).to(device)
-    return _THRESHOLDS[key]
-
-
-def word_buckets(n_levels: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(breakpoints [2n - 1] int32, label of each bucket [2n] int64) such that the label of a
-    raw (signed) word w is labels[searchsorted(breakpoints, w, right=True)]: the fold x = w
-    for w >= 0 and ~w for w < 0 mirrors the thresholds T onto the negative words as -T
-    (label >= k iff ~w >= T_k iff w < -T_k). One search, no fold, per step."""
-    t = label_thresholds(n_levels, device)
-    zero = torch.zeros(1, dtype=torch.int32, device=t.device)
-    breakpoints = torch.cat([-t.flip(0), zero, t])
-    up = torch.arange(n_levels, device=t.device)
-    return breakpoints, torch.cat([up.flip(0), up])
-
-
 def row_labels(seed: int, offset: int, rows: int, n_levels: int, device="cpu") -> torch.Tensor:
     """One level index in [0, n_levels) per row, int64: floor(U * n_levels) in float64, U the
-    row's uniform (``row_uniforms``), found by a search of the row's word."""
-    breakpoints, labels = word_buckets(n_levels, device)
-    w = ops.philox_words(seed, offset, rows, device=device)[:, 0].contiguous()
-    return torch.index_select(labels, 0, torch.searchsorted(breakpoints, w, right=True))
+    row's uniform (``row_uniforms``) — one fused pass (ops.philox_labels)."""
+    return ops.philox_labels(seed, offset, rows, n_levels, device=device)
 
 
 def score_matching(score_fn, x):
@@ -172,12 +132,10 @@ def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=N
     |s(x~, sigma) + z / sigma|^2 (lambda(sigma) = sigma^2 by default), mean over the batch."""
     _check_fn(score_fn)
     _check_x(x)
-    table, table_x, by_bucket, by_bucket_x, breakpoints = _level_table(sigmas, x, anneal_power)
+    table, table_x = _level_table(sigmas, x, anneal_power)
     B = x.shape[0]
-    if labels is None:  # the rows of the bucket table: label and level in one gather
-        w = ops.philox_words(ops.derive_seed(seed, 0), offset, B, device=x.device)[:, 0].contiguous()
-        rows = torch.searchsorted(breakpoints, w, right=True)
-        table, table_x = by_bucket, by_bucket_x
+    if labels is None:  # the stream's labels: one fused pass
+        rows = ops.philox_labels(ops.derive_seed(seed, 0), offset, B, len(table_x), device=x.device)
     elif not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"labels must be an integer tensor of shape [{B}]")
     else:
@@ -191,10 +149,10 @@ _LAST_LEVELS: list = [None]  # (sigmas, key, tables): the last level table, chec
 
 
 def _level_table(sigmas, x, power):
-    """(table [L, 2] float64 of (sigma, sigma^power), sigmas in x.dtype, both by word bucket
-    (word_buckets), the breakpoints), checked, on x's device. A training loop passes the
-    same tensor every step, so the last one's tables are kept (keyed by identity, version,
-    device, dtype, power): no conversion, check or host read per step."""
+    """(table [L, 2] float64 of (sigma, sigma^power), sigmas in x.dtype), checked, on x's
+    device. A training loop passes the same tensor every step, so the last one's tables are
+    kept (keyed by identity, version, device, dtype, power): no conversion, check or host
+    read per step."""
     key = (getattr(sigmas, "_version", None), x.device, x.dtype, power)
     last = _LAST_LEVELS[0]
     if last is not None and last[0] is sigmas and last[1] == key and not torch.compiler.is_compiling():
@@ -204,8 +162,7 @@ def _level_table(sigmas, x, power):
     if levels.dim() != 1 or len(levels) == 0 or (levels.is_cpu and not bool((levels > 0).all())):
         raise ValueError("sigmas must be a non-empty 1-D sequence of positive noise levels")
     table = torch.stack([levels, levels * levels if power == 2.0 else levels**power], 1)  # [L, 2]
-    breakpoints, bucket_labels = word_buckets(len(levels), x.device)
-    tables = (table, levels.to(x.dtype), table[bucket_labels], levels.to(x.dtype)[bucket_labels], breakpoints)
+    tables = (table, levels.to(x.dtype))
     if isinstance(sigmas, torch.Tensor) and not torch.compiler.is_compiling():
         _LAST_LEVELS[0] = (sigmas, key, tables)
     return tables

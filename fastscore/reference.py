@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from fastscore._common import compute_dtype, corrector_step_size, row_geometry, uniform_f32  # noqa: F401
+from fastscore._common import compute_dtype, corrector_step_size, row_geometry, stream_label, uniform_f32  # noqa: F401
 from fastscore._common import SPLITMIX_GAMMA, SPLITMIX_M1, SPLITMIX_M2, seed_bits
 
 MASK32 = 0xFFFFFFFF
@@ -235,6 +235,12 @@ def fill_philox_(out, seed_t, seed, counter):
     counters = torch.arange(counter, counter + out.shape[0], dtype=torch.int64, device=out.device)
     w = torch.stack(philox4x32(_key(seed_t, seed), counters), dim=1)
     out.copy_((w - ((w >> 31) << 32)).to(torch.int32))
+
+
+def fill_labels_(out, n_levels, seed_t, seed, counter):
+    """out: int64 [n]; row r gets the level index (stream_label) of word 0 at counter ``counter`` + r."""
+    counters = torch.arange(counter, counter + out.shape[0], dtype=torch.int64, device=out.device)
+    out.copy_(stream_label(philox4x32(_key(seed_t, seed), counters)[0], n_levels))
 
 
 def _lsr(z, s):

@@ -251,6 +251,18 @@ def philox_kernel(out_ptr, seed_ptr, seed, first, n, SEED_PTR: tl.constexpr, BLO
     tl.store(out_ptr + idx, w, mask=idx < 4 * as_int64(n))
 
 
+@triton.jit(do_not_specialize=["seed", "first", "n", "n_levels"])
+def labels_kernel(out_ptr, seed_ptr, seed, first, n, n_levels, SEED_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    """out[t] = floor(uniform_f32(word 0 at counter first + t) * n_levels) in float64, at most
+    n_levels - 1 (fastscore._common.stream_label), t < n."""
+    seed = load_int(seed_ptr, seed, SEED_PTR)
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    w0, _, _, _ = tl.randint4x(seed, as_int64(first) + t)
+    levels = as_int64(n_levels)
+    v = uniform_f32(w0).to(tl.float64) * levels.to(tl.float64)
+    tl.store(out_ptr + t, tl.minimum(v.to(tl.int64), levels - 1), mask=t < as_int64(n))
+
+
 @triton.jit(do_not_specialize=["n"])
 def derive_seeds_kernel(out_ptr, seed_ptr, n, BLOCK: tl.constexpr):
     """out[k] = SplitMix64's k-th output from state *seed_ptr (fastscore._common.derive_seed),
@@ -294,6 +306,18 @@ def fill_philox_(out, seed_t, seed, counter) -> None:
     block = block_for(out.device, n, GPU_BLOCK)
     philox_kernel[(triton.cdiv(n, block),)](out, sp, s, int(counter), n, SEED_PTR=flags["SEED_PTR"], BLOCK=block,
                                             enable_fp_fusion=False)
+    written(out)
+
+
+def fill_labels_(out, n_levels, seed_t, seed, counter) -> None:
+    """out: int64 [n], the level index of word 0 at counters counter + r (stream_label)."""
+    n = out.shape[0]
+    if n == 0:
+        return
+    (sp, s, _, _), flags = stream_args(seed_t, seed, None, 0, out.device)
+    block = block_for(out.device, n, GPU_BLOCK)
+    labels_kernel[(triton.cdiv(n, block),)](out, sp, s, int(counter), n, int(n_levels), SEED_PTR=flags["SEED_PTR"],
+                                            BLOCK=block, enable_fp_fusion=False)
     written(out)
 
 

@@ -89,6 +89,9 @@ KERNELS = {
     "philox": ("fastscore.kernels.noise", "philox_kernel",
                {"out_ptr": "*i32", "seed_ptr": "*i64", "seed": "i64", "first": "i64", "n": "i64"},
                {"SEED_PTR": True, "BLOCK": 256}, False),
+    "labels": ("fastscore.kernels.noise", "labels_kernel",
+               {"out_ptr": "*i64", "seed_ptr": "*i64", "seed": "i64", "first": "i64", "n": "i64", "n_levels": "i64"},
+               {"SEED_PTR": True, "BLOCK": 256}, False),
     "derive_seeds": ("fastscore.kernels.noise", "derive_seeds_kernel",
                      {"out_ptr": "*i64", "seed_ptr": "*i64", "n": "i64"}, {"BLOCK": 256}, False),
     "update_fp32_ptr": update_spec("fp32", True),
@@ -127,6 +130,13 @@ def test_triton_ptx_has_only_ieee_rounded_float_ops(ptx, name):
     if name in DRAWS:  # the stream is generated in place: Philox and the exact Box-Muller
         for op in ("mul.hi.u32", "div.rn.f32", "sqrt.rn.f32", "mul.rn.f32", "add.rn.f32"):
             assert op in text, f"{name}: expected {op}"
+
+
+def test_triton_labels_round_as_the_formula(ptx):
+    """The label kernel's steps are the reference's: int32 -> fp32 to nearest, an fp32 and a
+    float64 product rounded to nearest, float64 -> int64 toward zero."""
+    for op in ("mul.hi.u32", "cvt.rn.f32.s32", "mul.rn.f32", "cvt.f64.f32", "mul.rn.f64", "cvt.rzi.s64.f64"):
+        assert op in ptx["labels"], op
 
 
 @pytest.mark.parametrize("family", ["noise_fp32", "update_fp32", "corrector", "dsm_fp32"])
@@ -184,6 +194,8 @@ def test_cuda_source_compiles_to_exact_ptx(source, flags, cuda_ptx):
     src = source.read_text()
     if "normals4" in src or "for_each_owned_element" in src or "for_each_chunk_element" in src:
         needed += ["mul.hi.u32", "div.rn.f32", "sqrt.rn.f32"]  # Philox, the exact Box-Muller
+    if "labels_kernel" in src:  # the level index: rounded products, truncation toward zero
+        needed += ["cvt.rn.f32.s32", "mul.rn.f64", "cvt.rzi.s64.f64"]
     for instruction in needed:
         assert instruction in text, f"{source.name}: expected {instruction} in PTX"
     if "Stream s" in src or "KernelInt" in src:  # seeds/offsets may be device tensors: read in the kernel

@@ -37,6 +37,7 @@ def test_every_op_runs_on_meta_without_host_reads(no_host_reads):
     assert ops.noise((4, 5), seed, offset, dtype=torch.float16, device="meta").dtype == torch.float16
     assert ops.probes((4, 5), seed, offset, device="meta").shape == (4, 5)
     assert ops.philox_words(seed, 0, 8, device="meta").shape == (8, 4)
+    assert ops.philox_labels(seed, 0, 8, 10, device="meta").shape == (8,)
     steps = ops.derive_seeds(seed, 16)
     assert steps.device.type == "meta" and steps.shape == (16,) and steps.dtype == torch.int64
     mean = meta(4, 3, 5)

@@ -19,6 +19,8 @@ SAMPLE_INPUTS = {  # the registered ops of the family, for tests/test_registrati
                               (torch.empty(4, 6, dtype=t.dtype), 1, *t.tensors)],
     "fill_philox_": lambda t: [(torch.empty(8, 4, dtype=torch.int32), None, 9, 2**33),
                                (torch.empty(8, 4, dtype=torch.int32), torch.tensor(9), 0, 0)],
+    "fill_labels_": lambda t: [(torch.empty(8, dtype=torch.int64), 10, None, 9, 2**33),
+                               (torch.empty(8, dtype=torch.int64), 3, torch.tensor(9), 0, 0)],
     "derive_seeds": lambda t: [(torch.tensor(11), 7)],
 }
 
@@ -39,6 +41,43 @@ def test_philox_words_bitwise(backend, seed):
         with fastscore.use_backend(backend):
             got = ops.philox_words(seed, first, n)
         assert torch.equal(got, want), (seed, first)
+
+
+# Level counts: one level, small ones, NCSN's 232, and large ones where the float64 product
+# U * L rounds (U has 24 significant bits, L up to 53): every rounding step is exercised.
+LABEL_LEVELS = [1, 2, 3, 10, 232, 2**31 - 1, 3 * 2**40 + 1, 2**53]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_philox_labels_are_the_float_formula_of_word_0(backend, seed):
+    """philox_labels(seed, first, n, L)[r] = floor(uniform_f32(w0) * L) in float64 (at most
+    L - 1), w0 word 0 of counter first + r, on 2**16 counters per range (one straddles
+    2**32), for every level count above."""
+    for first in (0, 2**32 - 3, 2**40 + 12_345):
+        n = 2**16
+        w0 = reference.philox4x32(seed_bits(seed), torch.arange(first, first + n))[0]
+        u = fastscore._common.uniform_f32(w0).double()
+        for n_levels in LABEL_LEVELS:
+            want = torch.floor(u * n_levels).long().clamp(max=n_levels - 1)
+            with fastscore.use_backend(backend):
+                got = ops.philox_labels(seed_as(seed, "tensor" if first else "int"), first, n, n_levels)
+            assert got.dtype == torch.int64 and torch.equal(got, want), (seed, first, n_levels)
+            assert int(got.min()) >= 0 and int(got.max()) < n_levels
+
+
+def test_philox_labels_are_uniform_and_checked():
+    """The labels of 10**5 counters over 10 levels: each count within 5 standard deviations
+    of 10**4 (binomial sd 95); bad arguments name themselves."""
+    counts = torch.bincount(ops.philox_labels(7, 0, 100_000, 10), minlength=10)
+    sd = math.sqrt(100_000 * 0.1 * 0.9)
+    assert counts.numel() == 10 and bool(((counts - 10_000).abs() < 5 * sd).all()), counts
+    assert ops.philox_labels(7, 0, 0, 10).shape == (0,)
+    for bad in (0, -1, 2.5, 2**53 + 1):
+        with pytest.raises(ValueError, match="n_levels"):
+            ops.philox_labels(7, 0, 4, bad)
+    with pytest.raises(ValueError, match="first_counter"):
+        ops.philox_labels(7, -1, 4, 10)
 
 
 def test_philox_known_answer():

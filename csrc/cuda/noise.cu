@@ -1,5 +1,5 @@
-// Noise family, CUDA: fill_noise_ (normals or Rademacher signs), fill_philox_ (raw words)
-// and derive_seeds (the step seeds of a run). The math is csrc/philox.h, whose float
+// Noise family, CUDA: fill_noise_ (normals or Rademacher signs), fill_philox_ (raw words),
+// fill_labels_ (a level index per counter) and derive_seeds (the step seeds of a run). The math is csrc/philox.h, whose float
 // operations are _rn intrinsics on the device.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -45,6 +45,18 @@ __global__ void philox_kernel(int32_t* out, int64_t n, int64_t first, Stream s) 
   }
 }
 
+__global__ void labels_kernel(int64_t* out, int64_t n, int64_t first, int64_t n_levels, Stream s) {
+  const uint32_t k0 = s.k0(), k1 = s.k1();
+  const double levels = static_cast<double>(n_levels);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < n; r += stride) {
+    const uint64_t c = static_cast<uint64_t>(first + r);
+    const PhiloxWords w = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), k0, k1);
+    const double v = __dmul_rn(static_cast<double>(uniform_f32(w.w0)), levels);
+    out[r] = min(static_cast<int64_t>(v), n_levels - 1);
+  }
+}
+
 __global__ void derive_seeds_kernel(int64_t* out, int64_t n, KernelInt seed) {
   const uint64_t s = static_cast<uint64_t>(seed.get());
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -85,6 +97,19 @@ void fill_philox_cuda(at::Tensor out, const c10::optional<at::Tensor>& seed_t, i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+void fill_labels_cuda(at::Tensor out, int64_t n_levels, const c10::optional<at::Tensor>& seed_t, int64_t seed,
+                      int64_t counter) {
+  TORCH_CHECK(out.dim() == 1 && out.scalar_type() == at::kLong && out.is_contiguous(),
+              "fastscore: fill_labels_ wants a contiguous int64 [n] tensor");
+  TORCH_CHECK(n_levels >= 1 && n_levels <= (int64_t{1} << 53), "fastscore: n_levels must be in [1, 2**53]");
+  const c10::cuda::CUDAGuard guard(out.device());
+  const Stream s = make_stream(seed_t, seed, c10::nullopt, 0, out.device());
+  if (out.size(0) == 0) return;
+  labels_kernel<<<grid_for(out.size(0)), kThreads, 0, current_stream()>>>(out.data_ptr<int64_t>(), out.size(0),
+                                                                          counter, n_levels, s);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor derive_seeds_cuda(const at::Tensor& seed, int64_t n) {
   TORCH_CHECK(n >= 0, "fastscore: n must be >= 0");
   const c10::cuda::CUDAGuard guard(seed.device());
@@ -102,6 +127,7 @@ at::Tensor derive_seeds_cuda(const at::Tensor& seed, int64_t n) {
 TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
   m.impl("fill_noise_", &cuda::fill_noise_cuda);
   m.impl("fill_philox_", &cuda::fill_philox_cuda);
+  m.impl("fill_labels_", &cuda::fill_labels_cuda);
   m.impl("derive_seeds", &cuda::derive_seeds_cuda);
 }
 
