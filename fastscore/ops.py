@@ -301,10 +301,14 @@ def noise(shape, seed, offset=0, dtype=torch.float32, device="cpu") -> torch.Ten
     return probes(shape, seed, offset, "gaussian", dtype, device)
 
 
-def philox_words(seed, first_counter: int, n: int, device="cpu") -> torch.Tensor:
-    """Raw Philox4x32-10 words (int32 bit patterns, [n, 4]) of counters first..first+n-1."""
+def _check_counters(first_counter, n):
     if not (_checks.is_int(first_counter) and 0 <= first_counter < 1 << 63 and _checks.is_int(n) and n >= 0):
         raise ValueError(f"first_counter and n must be non-negative ints, got {first_counter!r}, {n!r}")
+
+
+def philox_words(seed, first_counter: int, n: int, device="cpu") -> torch.Tensor:
+    """Raw Philox4x32-10 words (int32 bit patterns, [n, 4]) of counters first..first+n-1."""
+    _check_counters(first_counter, n)
     out = torch.empty((n, 4), dtype=torch.int32, device=device)
     if n:
         seed_t, s = _checks.seed(seed, out.device)
@@ -317,8 +321,7 @@ def philox_labels(seed, first_counter: int, n: int, n_levels: int, device="cpu")
     n_levels) in float64, U Triton's uniform of the counter's word 0 (_common.stream_label) —
     NCSN's per-sample noise level, drawn in one pass (no search of the words, whose branches
     a CPU mispredicts on fresh words: ~15 µs at 2048 rows)."""
-    if not (_checks.is_int(first_counter) and 0 <= first_counter < 1 << 63 and _checks.is_int(n) and n >= 0):
-        raise ValueError(f"first_counter and n must be non-negative ints, got {first_counter!r}, {n!r}")
+    _check_counters(first_counter, n)
     if not (_checks.is_int(n_levels) and 1 <= n_levels <= 1 << 53):
         raise ValueError(f"n_levels must be an int in [1, 2**53], got {n_levels!r}")
     out = torch.empty(n, dtype=torch.int64, device=device)
@@ -478,26 +481,37 @@ def _plain_step(x, score, coefs, seed, offset) -> bool:
     return True
 
 
-def _plain_combine(x, ys, coefs, seed, offset, out):
+def _plain_combine(x, ys, coefs, seed, offset, out, out2=None, coefs2=None):
     """combine's common call (the k-diffusion and diffusers steps: float coefficients, the
-    stream's z, one output) into the plain step_ or update_ the general way would reach;
-    returns out, or None where the call is not that case."""
-    if len(ys) > 4 or len(coefs) != len(ys) + 2 or any(type(v) is not float for v in coefs):
+    stream's z) into the plain step_ or update_ the general way would reach; returns out, or
+    None where the call is not that case."""
+    if len(ys) > 4 or len(coefs) != len(ys) + 2:
         return None
-    door = _plain_door(seed, offset, x, *ys) if out is None else _plain_door(seed, offset, x, out, *ys)
+    values = coefs
+    if out2 is not None:
+        if coefs2 is None or len(coefs2) != len(coefs):
+            return None
+        values = coefs + list(coefs2)
+    if any(type(v) is not float for v in values):
+        return None
+    tensors = ys + [t for t in (out, out2) if t is not None]
+    door = _plain_door(seed, offset, x, *tensors)
     if door is None:
         return None
     backend, bits = door
+    # combine's aliasing rules (out and out2 start where x does not, out where no y does),
+    # else the general way says so
+    start = x.data_ptr()
+    if out2 is not None and out2.data_ptr() == start:
+        return None
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    elif out is not x:  # combine's aliasing rule (out starts where no input does), else the general way says so
-        start = out.data_ptr()
-        if start == x.data_ptr() or any(start == y.data_ptr() for y in ys):
-            return None
+    elif out is not x and (out.data_ptr() == start or any(out.data_ptr() == y.data_ptr() for y in ys)):
+        return None
     if out is x:
-        _plain_fn(backend, "step_")(x, None, ys, coefs, [], [], None, None, bits, None, offset)
+        _plain_fn(backend, "step_")(x, out2, ys, values, [], [], None, None, bits, None, offset)
     else:
-        _plain_fn(backend, "update_")(out, None, x, ys, coefs, [], [], None, None, bits, None, offset)
+        _plain_fn(backend, "update_")(out, out2, x, ys, values, [], [], None, None, bits, None, offset)
     return out
 
 
@@ -568,8 +582,8 @@ def combine(x, ys, coefs, seed=0, offset=0, out=None, noise=None, out2=None, coe
     term. ``ys``: up to 4 tensors shaped like x; ``coefs``: len(ys) + 2 floats, 0-d or
     per-sample [B] tensors. ``out`` may be x (in place); by default a new tensor. Returns out."""
     ys, coefs = list(ys), list(coefs)
-    if noise is None and out2 is None and coefs2 is None:
-        done = _plain_combine(x, ys, coefs, seed, offset, out)
+    if noise is None and (out2 is None) == (coefs2 is None):
+        done = _plain_combine(x, ys, coefs, seed, offset, out, out2, coefs2)
         if done is not None:
             return done
     _checks.float_tensor(x, "x")

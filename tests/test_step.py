@@ -294,11 +294,19 @@ DOOR_CALLS = {
     "combine out=": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.05], seed=seed, offset=3,
                                                    out=torch.empty_like(x)),
     "combine out=x": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.0], seed=seed, offset=3, out=x),
+    "combine out2=": lambda x, s, seed: torch.stack(_with_out2(x, s, seed)),
     "update out=": lambda x, s, seed: ops.update(x, s, 0.9, 0.1, 0.05, seed=seed, offset=3, out=torch.empty_like(x)),
     "langevin_corrector_": lambda x, s, seed: ops.langevin_corrector_(x, s, 0.16, seed=seed, offset=3, alpha=0.7),
     "langevin_corrector_ per_sample": lambda x, s, seed: ops.langevin_corrector_(
         x, s, 0.16, seed=seed, offset=3, step_size_mode="per_sample"),
 }
+
+
+def _with_out2(x, s, seed):
+    out2 = torch.empty_like(x)
+    out = ops.combine(x, [s, s * 2], [0.9, 0.1, -0.2, 0.05], seed=seed, offset=3, out2=out2,
+                      coefs2=[1.0, 0.5, 0.0, -0.05])
+    return out, out2
 
 
 @pytest.mark.parametrize("op", list(DOOR_CALLS))
@@ -343,6 +351,10 @@ def test_plain_doors_leave_the_errors_to_the_general_way():
             ops.step_(x.clone().requires_grad_(), s, 0.9, 0.1, 0.05, seed=11)
         with pytest.raises(ValueError, match="out must not share memory"):
             ops.combine(x, [s], [0.9, 0.1, 0.05], seed=11, out=s)
+        with pytest.raises(ValueError, match="out2 must not share memory"):
+            ops.combine(x, [s], [0.9, 0.1, 0.05], seed=11, out2=x, coefs2=[1.0, 0.0, 0.0])
+        with pytest.raises(ValueError, match="coefs2 is given without out2"):
+            ops.combine(x, [s], [0.9, 0.1, 0.05], seed=11, coefs2=[1.0, 0.0, 0.0])
         with pytest.raises(ValueError, match="use step_"):
             ops.update(x, s, 0.9, 0.1, 0.05, seed=11, out=x)
         with pytest.raises(ValueError, match="snr"):
