@@ -29,8 +29,8 @@ import torch
 from fastscore import _checks, backends, reference
 from fastscore._common import compute_dtype, derive_seed, row_geometry, seed_bits
 
-__all__ = ["noise", "probes", "philox_words", "philox_labels", "derive_seed", "derive_seeds", "step_", "langevin_step_", "update",
-           "perturb", "combine", "langevin_corrector_", "dsm_loss", "sliced_score_terms"]
+__all__ = ["noise", "probes", "philox_words", "philox_labels", "derive_seed", "derive_seeds", "step_",
+           "langevin_step_", "update", "perturb", "combine", "langevin_corrector_", "dsm_loss", "sliced_score_terms"]
 
 # --------------------------------------------------------------------------- the op surface
 
