@@ -153,17 +153,19 @@ def _level_table(sigmas, x, power):
     device. A training loop passes the same tensor every step, so the last one's tables are
     kept (keyed by identity, version, device, dtype, power): no conversion, check or host
     read per step."""
-    key = (getattr(sigmas, "_version", None), x.device, x.dtype, power)
+    # (While compiling, neither: a tensor's version and values are no guards to trace.)
+    compiling = torch.compiler.is_compiling()
+    key = None if compiling else (getattr(sigmas, "_version", None), x.device, x.dtype, power)
     last = _LAST_LEVELS[0]
-    if last is not None and last[0] is sigmas and last[1] == key and not torch.compiler.is_compiling():
+    if not compiling and last is not None and last[0] is sigmas and last[1] == key:
         return last[2]
     levels = torch.as_tensor(sigmas, dtype=torch.float64, device=x.device)
     # (The sign check reads the levels: on the host only, never a sync on a device.)
-    if levels.dim() != 1 or len(levels) == 0 or (levels.is_cpu and not bool((levels > 0).all())):
+    if levels.dim() != 1 or len(levels) == 0 or (levels.is_cpu and not compiling and not bool((levels > 0).all())):
         raise ValueError("sigmas must be a non-empty 1-D sequence of positive noise levels")
     table = torch.stack([levels, levels * levels if power == 2.0 else levels**power], 1)  # [L, 2]
     tables = (table, levels.to(x.dtype))
-    if isinstance(sigmas, torch.Tensor) and not torch.compiler.is_compiling():
+    if isinstance(sigmas, torch.Tensor) and not compiling:
         _LAST_LEVELS[0] = (sigmas, key, tables)
     return tables
 

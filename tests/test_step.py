@@ -296,6 +296,8 @@ DOOR_CALLS = {
     "combine out=x": lambda x, s, seed: ops.combine(x, [s], [0.9, 0.1, 0.0], seed=seed, offset=3, out=x),
     "combine out2=": lambda x, s, seed: torch.stack(_with_out2(x, s, seed)),
     "update out=": lambda x, s, seed: ops.update(x, s, 0.9, 0.1, 0.05, seed=seed, offset=3, out=torch.empty_like(x)),
+    "update out=strided": lambda x, s, seed: ops.update(  # likelihood.py's stage[:, :D]
+        x, s, 0.9, 0.1, 0.05, seed=seed, offset=3, out=torch.empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2)),
     "langevin_corrector_": lambda x, s, seed: ops.langevin_corrector_(x, s, 0.16, seed=seed, offset=3, alpha=0.7),
     "langevin_corrector_ per_sample": lambda x, s, seed: ops.langevin_corrector_(
         x, s, 0.16, seed=seed, offset=3, step_size_mode="per_sample"),
