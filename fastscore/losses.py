@@ -54,6 +54,15 @@ def _denoising_loss(score_fn, x, sigma, weight, seed, offset, mean_scale=1.0, sc
     return ops._dsm_loss(s, sigma, seed, offset, weight, mean=True)
 
 
+def _choice_seed(seed):
+    """derive_seed(seed, 0), the seed of the per-sample choices (level, time): an int for an
+    int seed; for a tensor seed, derived where it lives (ops.derive_seeds), so neither a
+    device seed nor one being traced is read on the host."""
+    if isinstance(seed, torch.Tensor):
+        return ops.derive_seeds(seed.reshape(()), 1)[0]
+    return ops.derive_seed(seed, 0)
+
+
 def row_uniforms(seed: int, offset: int, rows: int, device="cpu") -> torch.Tensor:
     """One U[0, 1) float32 per row: Triton's uniform map of word 0 at counter offset + row."""
     return uniform_f32(ops.philox_words(seed, offset, rows, device=device)[:, 0])
@@ -135,7 +144,7 @@ def anneal_dsm(score_fn, x, sigmas, seed=0, offset=0, anneal_power=2.0, labels=N
     table, table_x = _level_table(sigmas, x, anneal_power)
     B = x.shape[0]
     if labels is None:  # the stream's labels: one fused pass
-        rows = ops.philox_labels(ops.derive_seed(seed, 0), offset, B, len(table_x), device=x.device)
+        rows = ops.philox_labels(_choice_seed(seed), offset, B, len(table_x), device=x.device)
     elif not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"labels must be an integer tensor of shape [{B}]")
     else:
@@ -182,7 +191,7 @@ def sde_score_loss(score_fn, sde, x, seed=0, offset=0, likelihood_weighting=Fals
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must be in (0, T={sde.T}), got {eps!r}")
     B, D = x.shape[0], x[0].numel()
-    t = row_uniforms(ops.derive_seed(seed, 0), offset, B, device=x.device).double() * (sde.T - eps) + eps
+    t = row_uniforms(_choice_seed(seed), offset, B, device=x.device).double() * (sde.T - eps) + eps
     mean_scale, std = sde.marginal_coef(t)
     weight = sde.diffusion_coef(t) ** 2 if likelihood_weighting else std**2
     if reduce_mean:  # score_sde's mean over dims instead of 0.5 * sum

@@ -172,27 +172,46 @@ def test_training_step_compiles_fullgraph():
     assert torch.allclose(compiled, eager) and torch.allclose(net.weight.grad, g_eager)
 
 
+def test_tensor_seeds_draw_the_int_seeds_choices():
+    """A one-element tensor seed gives the losses the bits of the int seed: the per-sample
+    choices' seed is derived on the tensor's device (tests/test_meta.py: without a host read)."""
+    x, h = torch.randn(64, 2), torch.randn(64, 2)
+    sigmas = S.geometric_sigmas(5.0, 0.1, 7)
+    for seed in (9, 2**63 + 5):
+        tensor_seed = torch.tensor(seed - (1 << 64) if seed >> 63 else seed)
+        for loss in (lambda s: losses.anneal_dsm(lambda x_tilde, sigma: h * sigma[:, None], x, sigmas, seed=s),
+                     lambda s: losses.sde_score_loss(lambda x_t, t: h * t[:, None], S.VPSDE(), x, seed=s)):
+            assert torch.equal(loss(tensor_seed), loss(seed)), seed
+
+
 def test_anneal_dsm_compiles_fullgraph_after_an_eager_step():
     """An eager step first (it keeps the level table), then torch.compile(fullgraph=True):
-    the table's cache key (a tensor version) is not read while tracing, so nothing breaks
-    the graph; loss and gradient equal eager's."""
+    the table's cache key (a tensor version) is not read while tracing, and a tensor seed is
+    derived in the graph, so nothing breaks it; loss and gradient equal eager's."""
     if "cpp" not in FAST:
         pytest.skip("fastscore._C not built")
     net = torch.nn.Linear(3, 2)
     sigmas = S.geometric_sigmas(1.0, 0.01, 10)
     x = torch.randn(16, 2)
 
-    def step(x):
-        return losses.anneal_dsm(lambda x_tilde, sigma: net(torch.cat([x_tilde, sigma[:, None]], 1)), x, sigmas, seed=5)
+    def step(x, seed):
+        return losses.anneal_dsm(lambda x_tilde, sigma: net(torch.cat([x_tilde, sigma[:, None]], 1)), x, sigmas,
+                                 seed=seed)
 
-    eager = step(x)
-    eager.backward()
-    g_eager = net.weight.grad.clone()
-    net.zero_grad()
+    def loss_and_grad(fn, seed):
+        net.zero_grad()
+        loss = fn(x, seed)
+        loss.backward()
+        return loss.detach(), net.weight.grad.clone()
+
+    seeds = (5, torch.tensor(6), torch.tensor(7))
+    eager = [loss_and_grad(step, s) for s in seeds]
     torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True)(x)
-    compiled.backward()
-    assert torch.allclose(compiled, eager) and torch.allclose(net.weight.grad, g_eager)
+    compiled = torch.compile(step, fullgraph=True)
+    for s, (loss, grad) in zip(seeds, eager):  # an int seed, then tensor seeds
+        got_loss, got_grad = loss_and_grad(compiled, s)
+        assert torch.allclose(got_loss, loss) and torch.allclose(got_grad, grad), s
+    assert not torch.equal(eager[1][0], eager[2][0])  # a new tensor seed is new data: new levels and noise
 
 
 # ---------------------------------------------------------------- likelihood

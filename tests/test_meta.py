@@ -62,6 +62,21 @@ def test_every_op_runs_on_meta_without_host_reads(no_host_reads):
     assert jv.grad.shape == jv.shape
 
 
+def test_losses_with_a_device_seed_run_on_meta_without_host_reads(no_host_reads):
+    """anneal_dsm's levels and sde_score_loss's times come from derive_seed(seed, 0): for a
+    tensor seed derived on its device, never read (the loss, its backward, on meta)."""
+    from fastscore import losses, sde
+
+    x, seed = meta(4, 3), torch.tensor(7, device="meta")
+    h = meta(4, 3).requires_grad_()
+    sigmas = torch.linspace(1.0, 0.1, 5, device="meta")
+    for loss in (losses.anneal_dsm(lambda x_tilde, sigma: h * sigma[:, None], x, sigmas, seed=seed),
+                 losses.sde_score_loss(lambda x_t, t: h * t[:, None], sde.VPSDE(), x, seed=seed)):
+        assert loss.device.type == "meta" and loss.shape == ()
+        loss.backward()
+    assert h.grad.shape == h.shape
+
+
 def test_the_guard_catches_a_host_read(no_host_reads):
     with pytest.raises(AssertionError, match="host read"):
         torch.tensor(3, device="meta").item()
