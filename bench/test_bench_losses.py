@@ -11,6 +11,8 @@ Rows (suite "losses"):
                      anneal_dsm_score_estimation (randn_like noise, target, 0.5 |s - target|^2
                      sigma^2) + backward. Also reports bytes autograd saves for backward
                      (exact, saved_tensors_hooks) and the profiler's peak extra memory.
+    noise_levels     the level index alone (2048 and 65536 rows): losses.row_labels vs
+                     NCSNv2's torch.randint(0, L, (B,)).
     sliced_sm        a 2 -> 128 -> 128 -> 2 Softplus MLP at B = 4096 and a 3072 -> 256 -> 3072
                      Softplus MLP at B = 64 (CIFAR-shaped), P = 1 and 4 projections.
                      fused = losses.sliced_score_matching (model once, P batched VJPs, fused
@@ -166,6 +168,24 @@ def test_anneal_dsm(benchmark, run_timed, size, provider):
     with setup_anneal_dsm(size, provider) as (step, forward, inputs):
         benchmark.extra_info.update(_memory_info(forward, step, inputs))
         run_timed(step)
+
+
+LEVEL_ROWS = {"2048": 2048, "65536": 65536}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("rows", list(LEVEL_ROWS))
+def test_noise_levels(benchmark, run_timed, rows, provider):
+    """anneal_dsm's per-sample level index over NCSN's 10 levels, a fresh seed per call:
+    fused = losses.row_labels (ops.philox_labels, one pass); eager = NCSNv2's
+    torch.randint(0, L, (B,))."""
+    B = LEVEL_ROWS[rows]
+    _describe(benchmark, "noise_levels", f"noise levels {rows} rows", rows, provider, (B,))
+    seeds = fresh_seeds()
+    if provider == "fused":
+        run_timed(lambda: losses.row_labels(next(seeds), 0, B, len(DSM_SIGMAS)))
+    else:
+        run_timed(lambda: torch.randint(0, len(DSM_SIGMAS), (B,)))
 
 
 # --------------------------------------------------------------------------- a whole training step

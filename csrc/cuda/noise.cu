@@ -1,6 +1,6 @@
 // Noise family, CUDA: fill_noise_ (normals or Rademacher signs), fill_philox_ (raw words),
-// fill_labels_ (a level index per counter) and derive_seeds (the step seeds of a run). The math is csrc/philox.h, whose float
-// operations are _rn intrinsics on the device.
+// fill_labels_ (a level index per counter) and derive_seeds (the step seeds of a run). The
+// math is csrc/philox.h, whose float operations are _rn intrinsics on the device.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
