@@ -23,6 +23,10 @@
 #pragma once
 #include <cstdint>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
+
 namespace fastscore {
 
 // out[t] = stream element j0 + t for t in [0, n): float32 normals.
@@ -53,6 +57,19 @@ struct StreamUpdate {
 // following each buffered chunk (the ops took 1.02-1.18x the generator's time with it,
 // 1.18-1.62x with the chunks; README, session 12). A call costs a vector block more, as above.
 void stream_update(uint32_t k0, uint32_t k1, uint64_t j0, int64_t n, const StreamUpdate& u);
+
+// Whether 1.0f * x rounds to x for every float x in this thread's floating-point mode:
+// always, except under flush-to-zero without denormals-are-zero (MXCSR), which flushes a
+// denormal product that an add would otherwise see. Where it holds, stream_update with
+// a = 1 gives x[t] + c * z[t] exactly (the kernels then skip the product).
+inline bool unit_product_exact() {
+#if defined(__x86_64__) || defined(_M_X64)
+  constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x40;
+  return (_mm_getcsr() & (kFlushToZero | kDenormalsAreZero)) != kFlushToZero;
+#else
+  return true;  // a flush-to-zero mode here flushes inputs too: 1 * x and x + p agree
+#endif
+}
 
 // Which kernel the dispatcher chose: "avx512", "avx2" or "scalar". The choice is made on
 // first use from __builtin_cpu_supports; the environment variable FASTSCORE_CPU_KERNEL

@@ -21,10 +21,6 @@
 
 #include "cpu_stream_simd.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
-#endif
-
 namespace fastscore {
 namespace stream_detail {
 
@@ -42,17 +38,11 @@ using UpdateKernel = void (*)(uint32_t k0, uint32_t k1, uint64_t c0, int64_t nv,
 // 1.22-1.25x the generator's time without, 1.13-1.15x with (one core, 1.5 M values, AVX-512).
 constexpr int kUpdatePrefetchAhead = 1024;
 
-#if defined(__x86_64__) || defined(_M_X64)
-// Whether the SIMD update may take x for a * x: a == 1 rounds 1 * x to x exactly, except
-// that flush-to-zero without denormals-are-zero (MXCSR, this thread) would flush a
-// denormal product that the next add then sees. One multiply less per vector: the
-// update's work beside the generator's, 1.18x -> 1.11-1.13x the generator's time
-// (langevin_step_, 64x3x32x32, AVX-512, 2 threads; README, session 14).
-inline bool skips_unit_product(float a) {
-  constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x40;
-  return a == 1.0f && (_mm_getcsr() & (kFlushToZero | kDenormalsAreZero)) != kFlushToZero;
-}
-#endif
+// Whether the SIMD update may take x for a * x (unit_product_exact: cpu_stream_simd.h).
+// One multiply less per vector: the update's work beside the generator's, 1.18x ->
+// 1.11-1.13x the generator's time (langevin_step_, 64x3x32x32, AVX-512, 2 threads;
+// README, session 14).
+inline bool skips_unit_product(float a) { return a == 1.0f && unit_product_exact(); }
 
 // The operands of values t.. of `u`.
 inline StreamUpdate shifted(const StreamUpdate& u, int64_t t) {
