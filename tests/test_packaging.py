@@ -2,6 +2,7 @@
 environment override and `python -m fastscore info` report what serves each op."""
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -50,6 +51,13 @@ def test_info_reports_versions_build_and_backends():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for needle in ("torch", "triton", "extension", "cpu", "cuda", "serves"):
         assert needle in proc.stdout
+
+
+def test_info_into_a_pipe_closed_early_exits_without_a_traceback():
+    proc = subprocess.run(f"{shlex.quote(sys.executable)} -m fastscore info | head -n 1", shell=True,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert proc.stdout.startswith("fastscore "), proc.stdout
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_profile_command_prints_a_per_op_table(tmp_path):
