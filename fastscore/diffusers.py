@@ -95,11 +95,19 @@ class ScoreSdeVeScheduler(_StreamNoise, _ScoreSdeVe):
         super().set_timesteps(*args, **kwargs)
         self._reset_draws()
 
-    def _device_sigmas(self, device):
-        cached = getattr(self, "_fastscore_sigmas", None)
-        if cached is None or cached[0] is not self.discrete_sigmas or cached[1] != device:
-            self._fastscore_sigmas = cached = (self.discrete_sigmas, device, self.discrete_sigmas.to(device))
-        return cached[2]
+    def _diffusion_table(self, device, dtype):
+        """(g, g^2) for every sigma index, on ``device``: step_pred's own expressions over all
+        indices at once (elementwise, so a gather of them has the per-step bits), made once
+        per sigma table instead of nine small ops a step."""
+        key = (self.discrete_sigmas, device, dtype)
+        cached = getattr(self, "_fastscore_diffusion", None)
+        if cached is None or cached[0] is not key[0] or cached[1:3] != key[1:]:
+            sigmas = self.discrete_sigmas.to(device)
+            index = torch.arange(len(sigmas), device=device)
+            adjacent = torch.where(index == 0, torch.zeros(len(sigmas), device=device, dtype=dtype), sigmas[index - 1])
+            g = (sigmas ** 2 - adjacent ** 2) ** 0.5
+            self._fastscore_diffusion = cached = (*key, g, g ** 2)  # diffusers squares the diffusion
+        return cached[3], cached[4]
 
     def step_pred(self, model_output, timestep, sample, generator=None, return_dict=True):
         if self.timesteps is None:
@@ -107,13 +115,10 @@ class ScoreSdeVeScheduler(_StreamNoise, _ScoreSdeVe):
         # diffusers' float32 index arithmetic, on the sample's device (no round trip)
         timestep = timestep * torch.ones(sample.shape[0], device=sample.device)
         index = (timestep * (len(self.timesteps) - 1)).long()
-        sigmas = self._device_sigmas(sample.device)
-        sigma = sigmas[index]
-        adjacent = torch.where(index == 0, torch.zeros_like(timestep), sigmas[index - 1])
-        g = (sigma ** 2 - adjacent ** 2) ** 0.5  # [B]
+        g_table, g2_table = self._diffusion_table(sample.device, timestep.dtype)
+        g, g2 = g_table[index], g2_table[index]  # [B]
         noise = _noise(self, generator, lambda: randn_tensor(sample.shape, layout=sample.layout, generator=generator,
                                                              device=sample.device, dtype=sample.dtype))
-        g2 = g ** 2  # diffusers squares the diffusion (not sigma^2 - adjacent^2)
         prev, mean = _combine((1.0, sample), [(g2, model_output)], g, noise, mean=[1.0, g2])
         if not return_dict:
             return (prev, mean)
@@ -128,8 +133,8 @@ class ScoreSdeVeScheduler(_StreamNoise, _ScoreSdeVe):
             noise = ops.noise(sample.shape, seed=self._next_seed(), device=sample.device)
         grad_norm = torch.norm(model_output.reshape(model_output.shape[0], -1), dim=-1).mean()
         noise_norm = torch.norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
-        step_size = (self.config.snr * noise_norm / grad_norm) ** 2 * 2  # a 0-d device tensor
-        step_size = step_size * torch.ones(sample.shape[0], device=sample.device)
+        # a 0-d device tensor: combine applies it to every row, as diffusers' [B] copy of it
+        step_size = (self.config.snr * noise_norm / grad_norm) ** 2 * 2
         dtype = torch.promote_types(torch.promote_types(sample.dtype, model_output.dtype), noise.dtype)
         prev = _combine((1.0, sample), [(step_size, model_output)], (step_size * 2) ** 0.5, (noise, None),
                         dtype=dtype)

@@ -226,3 +226,17 @@ def test_score_sde_ve_without_a_generator_uses_the_stream():
     z = z / z.reshape(64, -1).std(dim=1).reshape(64, 1, 1, 1)
     m = z.numel()
     assert abs(z.mean().item()) <= 5 / math.sqrt(m)
+
+
+def test_score_sde_ve_steps_run_on_meta_tensors_without_host_reads():
+    """Both fused steps with the stream make no host read of device data (a sync per step on
+    a GPU): on meta tensors any .item(), .tolist() or bool() of a tensor raises."""
+    scheduler = FD.ScoreSdeVeScheduler()
+    scheduler.set_timesteps(5)
+    scheduler.set_sigmas(5)
+    x, out = torch.empty(4, 3, 8, 8, device="meta"), torch.empty(4, 3, 8, 8, device="meta")
+    t = scheduler.timesteps[2].to("meta")
+    corrected = scheduler.step_correct(out, x).prev_sample
+    step = scheduler.step_pred(out, t, corrected)
+    for y in (corrected, step.prev_sample, step.prev_sample_mean):
+        assert y.device.type == "meta" and y.shape == x.shape and y.dtype == x.dtype
