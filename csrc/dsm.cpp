@@ -38,11 +38,11 @@ template <typename scalar_t, typename opmath_t>
 inline void stage_residuals(const scalar_t* s, const opmath_t* noise, const HostStream& so, int64_t per_row,
                             const Coef& sigma, int64_t c0, int64_t n, opmath_t* d) {
   const int64_t base = so.offset * per_row;
-  const int64_t row = c0 / per_row;
   if constexpr (std::is_same_v<scalar_t, float>) {
     // One sigma over the range (long rows are staged a piece of one row at a time): the
     // generator makes d = s + (1/sigma) z itself (stream_update, a = 1) instead of a
     // second pass over the chunk - the same products and sums, in the same order.
+    const int64_t row = c0 / per_row;
     if (noise == nullptr && (!sigma.per_row() || (c0 + n - 1) / per_row == row) && unit_product_exact()) {
       const float inv = static_cast<float>(inverse_sigma(sigma, row));
       stream_update(so.k0, so.k1, static_cast<uint64_t>(base + c0), n, {d, s + c0, nullptr, 1.0f, 0.0f, inv});

@@ -24,8 +24,9 @@
 // independent chains keep the multiply and shuffle ports busy despite the spills of 16
 // ymm registers (~9 % faster than 2 blocks on a Zen 4, ~12 % on a Zen 3, 4 blocks slower;
 // bit-exact either way). Two whole blocks left over run as two chains; a partial last
-// block is made whole in a stack buffer. The update kinds (StreamUpdate) combine each block's normals with x (and y)
-// in registers instead of storing them, as in stream_avx512.cpp.
+// block is made whole in a stack buffer. The update kinds (StreamUpdate) combine each
+// block's normals with x (and y) in registers instead of storing them, as in
+// stream_avx512.cpp.
 #include <immintrin.h>
 
 #include <cstddef>
