@@ -11,12 +11,15 @@ the scalar definition (philox.h), chosen at run time, all giving the stream's bi
 * each path, forced with FASTSCORE_CPU_KERNEL in a fresh process, reproduces the torch
   reference through the ops (normals, signs, words, step_, the corrector, dsm_loss);
 * every path gives the same corrector and DSM bits on long rows (the row sums' lane kernels);
+* dsm_loss keeps the reference's bits under flush-to-zero without denormals-are-zero, where
+  its fused residual would not (MXCSR set through a small C helper built here);
 * no fused multiply-add, but the two exact uses, in the object code of the noise symbols or
   the ops' SIMD element loops (a path this CPU cannot run is still compiled into the
   extension, so this inspects it too).
 """
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -160,3 +163,49 @@ def test_no_fused_multiply_add_in_the_extension():
     assert not hits, hits[:10]
     # The check sees real code: both SIMD paths of the noise and of the ops' loops are in the build.
     assert all(c["%zmm"] > 500 and c["%ymm"] > 500 for c in counted.values()), counted
+
+
+# dsm_loss under flush-to-zero without denormals-are-zero (MXCSR), a mode some libraries
+# set: there 1.0f * s flushes a denormal score that s + z/sigma keeps, so the fused residual
+# (stream_update with a = 1, csrc/dsm.cpp) must not run and the two-step staging must. sigma
+# = 2^126 puts z/sigma next to the denormals (|z| < 1 flushes to 0 on both sides), the weight
+# 2^240 lifts the float64 row sums into float32.
+FTZ_ONLY = r"""
+import ctypes, sys, torch
+import fastscore
+from fastscore import ops
+torch.set_num_threads(1)  # the mode is per thread: the ops run in this one
+g = torch.Generator().manual_seed(4)
+s = (torch.randint(-2**23, 2**23, (12, 3, 37), generator=g) * 2.0**-149).float()  # denormals, before the mode
+mode = ctypes.CDLL(sys.argv[1])
+assert mode.set_ftz_only() == 0x8000  # FTZ set, DAZ clear
+assert (s * 1.0 == 0).sum() > (s == 0).sum(), "the mode does not flush 1 * denormal"
+sigma, w = 2.0**126, 2.0**240
+rows = 2.0 ** (126 - torch.arange(12) % 3)  # per-sample sigmas: 1/sigma stays a normal float
+out = {}
+for b in ("reference", "cpp"):
+    with fastscore.use_backend(b):
+        out[b] = [ops.dsm_loss(s, sigma, seed=7, weight=w), ops.dsm_loss(s, rows, seed=2**63 + 7, offset=3, weight=w)]
+for a, c in zip(out["reference"], out["cpp"]):
+    assert torch.isfinite(a).all() and (a > 0).all() and torch.equal(a.view(torch.int32), c.view(torch.int32)), (a, c)
+print("ok")
+"""
+
+
+@needs_ext
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar"])
+def test_dsm_loss_under_flush_to_zero_without_daz(kernel, tmp_path):
+    if not cpu_can_run(kernel):
+        pytest.skip(f"this CPU cannot run the {kernel} path")
+    if platform.machine() not in ("x86_64", "AMD64") or shutil.which("gcc") is None:
+        pytest.skip("needs x86-64 (MXCSR) and gcc")
+    lib = tmp_path / "ftz_only.so"
+    src = tmp_path / "ftz_only.c"
+    src.write_text("#include <xmmintrin.h>\n"
+                   "unsigned set_ftz_only(void) { _mm_setcsr((_mm_getcsr() & ~0x8040u) | 0x8000u);"
+                   " return _mm_getcsr() & 0x8040u; }\n")
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
+    env = {**os.environ, "FASTSCORE_CPU_KERNEL": kernel}
+    proc = subprocess.run([sys.executable, "-c", FTZ_ONLY, str(lib)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
