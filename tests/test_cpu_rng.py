@@ -82,9 +82,9 @@ def cpu_can_run(kernel: str) -> bool:
     return all(f in flags for f in needs[kernel])
 
 
-def run_forced(kernel: str, code: str) -> str:
+def run_forced(kernel: str, code: str, *args: str) -> str:
     env = {**os.environ, "FASTSCORE_CPU_KERNEL": kernel}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout.strip()
 
@@ -167,8 +167,8 @@ def test_no_fused_multiply_add_in_the_extension():
 
 # dsm_loss under flush-to-zero without denormals-are-zero (MXCSR), a mode some libraries
 # set: there 1.0f * s flushes a denormal score that s + z/sigma keeps, so the fused residual
-# (stream_update with a = 1, csrc/dsm.cpp) must not run and the two-step staging must. sigma
-# = 2^126 puts z/sigma next to the denormals (|z| < 1 flushes to 0 on both sides), the weight
+# (stream_update with a = 1, csrc/dsm.cpp) must not run and the two-step staging must. Sigmas
+# of 2^124..2^126 put z/sigma next to the denormals (|z| < 1 flushes to 0 on both sides), the weight
 # 2^240 lifts the float64 row sums into float32.
 FTZ_ONLY = r"""
 import ctypes, sys, torch
@@ -205,7 +205,4 @@ def test_dsm_loss_under_flush_to_zero_without_daz(kernel, tmp_path):
                    "unsigned set_ftz_only(void) { _mm_setcsr((_mm_getcsr() & ~0x8040u) | 0x8000u);"
                    " return _mm_getcsr() & 0x8040u; }\n")
     subprocess.run(["gcc", "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
-    env = {**os.environ, "FASTSCORE_CPU_KERNEL": kernel}
-    proc = subprocess.run([sys.executable, "-c", FTZ_ONLY, str(lib)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+    assert run_forced(kernel, FTZ_ONLY, str(lib)).endswith("ok")
